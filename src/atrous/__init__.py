@@ -1,0 +1,9 @@
+"""atrous: exact receptive fields and dilated segmentation models."""
+
+from atrous.errors import AtrousError
+from atrous.models.registry import create_model, list_models
+from atrous.rf import RFReport, analyze
+
+__version__ = "0.1.0"
+
+__all__ = ["AtrousError", "RFReport", "__version__", "analyze", "create_model", "list_models"]

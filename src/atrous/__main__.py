@@ -1,0 +1,5 @@
+"""``python -m atrous`` (and ``torchrun -m atrous``) runs the command-line interface."""
+
+from atrous.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Command-line interface: thin sub-commands over library functions.
+
+User errors (``AtrousError``) print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from atrous.errors import AtrousError, InputShapeError
+
+console = Console()
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in re.split(r"[,x]", text.strip()))
+    except ValueError:
+        raise InputShapeError(f"{what} {text!r} must be comma-separated integers, e.g. 3,224,224") from None
+
+
+def cmd_rf(args: argparse.Namespace) -> int:
+    from atrous.models.registry import resolve_model
+    from atrous.rf import analyze
+    from atrous.rf.render import layers_table, outputs_table
+
+    shape = parse_ints(args.input, "--input")
+    report = analyze(resolve_model(args.model), shape, train_view=args.train_view, ignore_statistics=args.ignore_stats)
+    at = parse_ints(args.at, "--at") if args.at else None
+    support = None
+    if at is not None:
+        out = report.output(args.output)
+        spatial = out.shape[2:]
+        if len(at) != len(spatial) or any(not 0 <= i < n for i, n in zip(at, spatial)):
+            raise InputShapeError(f"--at {args.at} is outside output '{out.name}' of spatial size {tuple(spatial)}")
+        grid = report.support(at, args.output)
+        idx = [ax.nonzero()[0] for ax in (grid.any(axis=tuple(j for j in range(grid.ndim) if j != i)) for i in range(grid.ndim))]
+        support = {
+            "index": list(at), "pixels": int(grid.sum()),
+            "box": [[int(i[0]), int(i[-1])] if len(i) else None for i in idx],
+        }  # fmt: skip
+    if args.json:
+        data = report.to_json(layers=args.layers)
+        if support is not None:
+            data["support_at"] = support
+        print(json.dumps(data, indent=2))
+        return 0
+    if args.layers:
+        console.print(layers_table(report))
+    console.print(outputs_table(report))
+    if support is not None:
+        console.print(
+            f"in-image support of output pixel {tuple(at)}: {support['pixels']} input pixels, "
+            f"bounding box {support['box']}"
+        )
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from atrous.rf import schedule
+
+    if args.suggest is not None:
+        results = schedule.suggest(args.suggest, args.kernel, limit=args.limit)
+    else:
+        if not args.rates:
+            raise AtrousError("give rates to check (atrous schedule 1,2,5) or --suggest TARGET_RF")
+        results = [schedule.check(list(parse_ints(args.rates, "rates")), args.kernel)]
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"Dilation schedules, kernel {args.kernel}")
+    for col in ("rates", "RF", "holes", "hole positions", "HDC rule"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(",".join(map(str, r.rates)), str(r.rf), str(len(r.holes)), str(list(r.holes)) if r.holes else "-", r.hdc.verdict)
+    console.print(table)
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from atrous.lab.runner import run_lab
+
+    run_lab(preset=args.preset, out=args.out, only=args.only, console=console)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atrous", description="Dilated convolutions, exactly.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("rf", help="exact receptive fields of a model")
+    p.add_argument("model", help="zoo spec (convstack:rates=1,2,5) or import path package.module:factory")
+    p.add_argument("--input", required=True, help="input shape C,H,W (batch excluded)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--layers", action="store_true", help="also show the RF after every layer")
+    p.add_argument("--train-view", action="store_true", help="BatchNorm with batch statistics (RF becomes global)")
+    p.add_argument("--ignore-stats", action="store_true", help="treat normalisation statistics as constants")
+    p.add_argument("--at", help="also give the exact in-image support of this output pixel, e.g. 16,16")
+    p.add_argument("--output", help="which model output --at refers to (default: the first)")
+    p.set_defaults(func=cmd_rf)
+
+    p = sub.add_parser("schedule", help="check a dilation schedule for holes, or suggest hole-free ones")
+    p.add_argument("rates", nargs="?", help="comma-separated rates, e.g. 1,2,5")
+    p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--suggest", type=int, metavar="TARGET_RF", help="shortest hole-free schedules reaching this RF")
+    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("lab", help="run the exercises and write one report")
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
+    p.add_argument("--out", default="runs/lab", help="report directory")
+    p.add_argument("--only", help="comma-separated exercises, e.g. ex1")
+    p.set_defaults(func=cmd_lab)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AtrousError as exc:
+        print(f"atrous: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

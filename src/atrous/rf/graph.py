@@ -1,0 +1,264 @@
+"""Record the operations a model really executes, as a graph of tensors (not the order modules are called in).
+
+The model runs once on a shape-only ("fake") input under a dispatch-level recorder, the way
+``torch.utils.flop_counter`` counts FLOPs: every ATen operation is seen with its arguments, any Python control
+flow in ``forward`` is simply executed, and no pixel is ever computed or allocated. Each tensor derived from the
+input becomes a node; parameters, buffers and constants stay untracked because they carry no spatial
+information about the input. In-place operations rebind the tensor to a new node, so residual ``out += x`` and
+``ReLU(inplace=True)`` are followed exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+from atrous.errors import InputShapeError, ModelError, UnsupportedOpError
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument of a recorded op: the node it comes from (None for constants) and its shape."""
+
+    node: int | None
+    shape: tuple[int, ...]
+
+
+@dataclass
+class OpCall:
+    """One executed ATen operation whose inputs include at least one tracked tensor."""
+
+    name: str  # e.g. "aten.convolution.default"
+    packet: str  # e.g. "aten.convolution": the key of the rule table
+    args: dict[str, Any]  # every schema argument by name, defaults filled in, tensors as TensorArg
+    inputs: list[TensorArg]  # tensor arguments in schema order (tracked and constant)
+    outputs: list[int]  # node ids of the tensor outputs, in the op's output order
+    module: str  # innermost module path active when the op ran ("" = the model itself)
+    mutated: list[int] = field(default_factory=list)  # indexes into `inputs` of tensors written in place
+
+
+@dataclass
+class Node:
+    """A tensor derived from the model input."""
+
+    id: int
+    shape: tuple[int, ...]
+    op: OpCall | None  # None for the input itself
+    name: str  # module path and op, for messages and tables
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    calls: list[OpCall]
+    input_node: int
+    outputs: dict[str, int]  # output name ("out", "[0]", "aux", ...) -> node id
+    input_shape: tuple[int, ...]
+
+
+class _ModuleStack:
+    """Tracks the innermost running module through forward hooks (module reuse gets a call number)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[str] = []
+        self.calls: dict[str, int] = {}
+        self.handles = []
+        for name, module in model.named_modules():
+            self.handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self.handles.append(module.register_forward_hook(self._leave, always_call=True))
+
+    def _enter(self, name: str) -> Callable:
+        def hook(module: nn.Module, args: Any) -> None:
+            count = self.calls.get(name, 0) + 1
+            self.calls[name] = count
+            self.stack.append(name if count == 1 else f"{name}#{count}")
+
+        return hook
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1] if self.stack else ""
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, modules: _ModuleStack) -> None:
+        super().__init__()
+        self.modules = modules
+        self.nodes: list[Node] = []
+        self.calls: list[OpCall] = []
+        # id(tensor) -> (tensor, node id). Holding the tensor keeps its id from being reused.
+        self.tracked: dict[int, tuple[torch.Tensor, int]] = {}
+        # Tensors whose storage was written through another alias: their node no longer tells the truth.
+        self.stale: dict[int, str] = {}
+
+    def track(self, t: torch.Tensor, op: OpCall | None, name: str) -> int:
+        node = Node(len(self.nodes), tuple(t.shape), op, name)
+        self.nodes.append(node)
+        self.tracked[id(t)] = (t, node.id)
+        self.stale.pop(id(t), None)
+        return node.id
+
+    def node_of(self, t: torch.Tensor) -> int | None:
+        entry = self.tracked.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        if not any(self.node_of(t) is not None for t in tensors):
+            return func(*args, **kwargs)
+        module = self.modules.current
+        for t in tensors:
+            if id(t) in self.stale and self.node_of(t) is not None:
+                raise UnsupportedOpError(
+                    f"{func} at module '{module or '<model>'}' reads a tensor that was modified in place "
+                    f"through another view ({self.stale[id(t)]}); the receptive-field engine cannot follow "
+                    "writes through aliases: use out-of-place operations there"
+                )
+        out = func(*args, **kwargs)
+        call = self._describe(func, args, kwargs, module)
+        mutated_ids = {id(call_input) for call_input in self._mutated_tensors(func, args, kwargs)}
+        out_flat, _ = tree_flatten(out)
+        label = f"{module or '<model>'}:{func._opname}"
+        for t in out_flat:
+            if isinstance(t, torch.Tensor):
+                call.outputs.append(self.track(t, call, label))
+        for t in self._mutated_tensors(func, args, kwargs):
+            if all(t is not o for o in out_flat):  # an out= style write not returned: still rebind it
+                call.outputs.append(self.track(t, call, label))
+        self._mark_aliases_stale(mutated_ids, label)
+        self.calls.append(call)
+        return out
+
+    @staticmethod
+    def _mutated_tensors(func, args, kwargs) -> list[torch.Tensor]:  # noqa: ANN001
+        found = []
+        for i, arg in enumerate(func._schema.arguments):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                value = args[i] if i < len(args) else kwargs.get(arg.name)
+                if isinstance(value, torch.Tensor):
+                    found.append(value)
+        return found
+
+    def _mark_aliases_stale(self, mutated_ids: set[int], label: str) -> None:
+        if not mutated_ids:
+            return
+        keys = {_storage_key(self.tracked[i][0]) for i in mutated_ids if i in self.tracked}
+        for tid, (t, _) in self.tracked.items():
+            if tid not in mutated_ids and _storage_key(t) in keys:
+                self.stale[tid] = f"written in place by {label}"
+
+    def _describe(self, func, args, kwargs, module: str) -> OpCall:  # noqa: ANN001
+        schema = func._schema
+        bound: dict[str, Any] = {}
+        for i, arg in enumerate(schema.arguments):
+            if i < len(args) and not arg.kwarg_only:
+                bound[arg.name] = args[i]
+            elif arg.name in kwargs:
+                bound[arg.name] = kwargs[arg.name]
+            elif arg.has_default_value():
+                bound[arg.name] = arg.default_value
+        inputs: list[TensorArg] = []
+
+        def wrap(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                ta = TensorArg(self.node_of(value), tuple(value.shape))
+                inputs.append(ta)
+                return ta
+            return value
+
+        bound = {k: tree_map(wrap, v) for k, v in bound.items()}
+        mutated: list[int] = []
+        for t in self._mutated_tensors(func, args, kwargs):
+            node = self.node_of(t)
+            for j, ta in enumerate(inputs):
+                if ta.node == node and node is not None:
+                    mutated.append(j)
+                    break
+        return OpCall(
+            name=str(func),
+            packet=f"{func.namespace}.{func._opname}",
+            args=bound,
+            inputs=inputs,
+            outputs=[],
+            module=module,
+            mutated=mutated,
+        )
+
+
+def _name_outputs(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Flatten a model's return value (tensor, tuple, list, dict) into named leaves."""
+    if isinstance(out, torch.Tensor):
+        return [(prefix or "out", out)]
+    if isinstance(out, dict):
+        items = []
+        for key, value in out.items():
+            items += _name_outputs(value, f"{prefix}.{key}" if prefix else str(key))
+        return items
+    if isinstance(out, (list, tuple)):
+        items = []
+        for i, value in enumerate(out):
+            items += _name_outputs(value, f"{prefix}[{i}]")
+        return items
+    return []
+
+
+def record(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
+    """Run ``model`` once on a fake input of ``input_shape`` (batch included) and return the op graph.
+
+    The model is analysed in eval mode (restored afterwards) so that inference semantics decide the graph.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    stack = _ModuleStack(model)
+    recorder = _Recorder(stack)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            x = torch.empty(input_shape)
+            input_node = recorder.track(x, None, "input")
+            try:
+                with torch.no_grad(), recorder:
+                    out = model(x)
+            except (UnsupportedOpError, ModelError, InputShapeError):
+                raise
+            except Exception as exc:  # the model itself refused this input: a user error, said in one line
+                where = stack.current or "<model>"
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InputShapeError(
+                    f"model failed on input shape {tuple(input_shape)} at module '{where}': {first_line} "
+                    "(check the channel count and that the input is not smaller than the model allows)"
+                ) from exc
+            outputs: dict[str, int] = {}
+            for name, t in _name_outputs(out):
+                node = recorder.node_of(t)
+                if node is not None:
+                    outputs[name] = node
+    finally:
+        stack.remove()
+        for m, mode in modes.items():
+            m.train(mode)
+    if not outputs:
+        raise ModelError("the model returned no tensor that depends on its input; nothing to analyse")
+    return Graph(recorder.nodes, recorder.calls, input_node, outputs, tuple(input_shape))

@@ -1,0 +1,319 @@
+"""Exact index maps along one spatial axis: the algebra under the receptive-field engine.
+
+A feature map's pixel ``v`` (along one axis) is influenced by a set of input pixels. For every network built from
+convolutions, pooling, resampling, padding and slicing that set follows a periodic pattern:
+
+    m(v) = { q * advance + d  :  d in phases[v mod period] },   q = v // period
+
+``period`` is 1 for ordinary (aligned) feature maps; transposed convolutions and upsampling make even and odd
+output pixels see different windows, which gives ``period > 1`` and one offset set per phase. The effective
+stride is ``advance / period``. Offset sets are exact (a Python integer used as a bitset), so holes left by
+dilation survive every composition: nothing is approximated by an interval.
+
+The same structure describes what one operation does (output index -> the op-input indices it reads), so
+propagating through an op is a composition of two such maps (:func:`compose`). Branches meet by set union.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from math import gcd
+
+
+class Offsets:
+    """A finite set of integers, stored as ``lo`` plus a bitset (bit ``i`` means ``lo + i``)."""
+
+    __slots__ = ("bits", "lo")
+
+    def __init__(self, lo: int, bits: int) -> None:
+        if bits:
+            # Canonical form: bit 0 is set, so equal sets compare equal field by field.
+            low = (bits & -bits).bit_length() - 1
+            lo, bits = lo + low, bits >> low
+        else:
+            lo = 0
+        self.lo = lo
+        self.bits = bits
+
+    @classmethod
+    def of(cls, values: Iterable[int]) -> Offsets:
+        vals = sorted(set(values))
+        if not vals:
+            return EMPTY
+        bits = 0
+        for v in vals:
+            bits |= 1 << (v - vals[0])
+        return cls(vals[0], bits)
+
+    @classmethod
+    def interval(cls, lo: int, hi: int) -> Offsets:
+        """The contiguous set ``lo..hi`` (empty when ``hi < lo``)."""
+        return cls(lo, (1 << (hi - lo + 1)) - 1) if hi >= lo else EMPTY
+
+    is_global = False
+
+    @property
+    def empty(self) -> bool:
+        return self.bits == 0
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.bits.bit_length() - 1
+
+    @property
+    def extent(self) -> int:
+        """Number of pixels from the first to the last member (0 for the empty set)."""
+        return self.bits.bit_length()
+
+    def __len__(self) -> int:
+        return self.bits.bit_count()
+
+    def __iter__(self) -> Iterator[int]:
+        bits, i = self.bits, self.lo
+        while bits:
+            low = bits & -bits
+            yield i + low.bit_length() - 1
+            bits ^= low
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Offsets) and not other.is_global and (self.lo, self.bits) == (
+            other.lo,
+            other.bits,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.lo, self.bits))
+
+    def __repr__(self) -> str:
+        members = list(self)
+        if len(members) > 12:
+            return f"Offsets({members[0]}..{members[-1]}, {len(members)} members)"
+        return f"Offsets({members})"
+
+    def shift(self, k: int) -> Offsets:
+        return Offsets(self.lo + k, self.bits) if self.bits else EMPTY
+
+    def __or__(self, other: Offsets) -> Offsets:
+        if other.is_global:
+            return other
+        if not other.bits:
+            return self
+        if not self.bits:
+            return other
+        lo = min(self.lo, other.lo)
+        return Offsets(lo, (self.bits << (self.lo - lo)) | (other.bits << (other.lo - lo)))
+
+    def issubset(self, other: Offsets) -> bool:
+        if other.is_global or not self.bits:
+            return True
+        if not other.bits or self.lo < other.lo:
+            return False
+        return (self.bits << (self.lo - other.lo)) & ~other.bits == 0
+
+    def minkowski(self, shifts: Offsets) -> Offsets:
+        """``{a + s : a in self, s in shifts}``: the offsets seen through a kernel whose taps are ``shifts``."""
+        if shifts.is_global:
+            return GLOBAL if self.bits else EMPTY
+        if not self.bits or not shifts.bits:
+            return EMPTY
+        # Loop over the smaller set; each step is one shift-and-or of a Python integer.
+        small, large = (self, shifts) if len(self) <= len(shifts) else (shifts, self)
+        acc = 0
+        base = small.lo
+        for s in small:
+            acc |= large.bits << (s - base)
+        return Offsets(large.lo + base, acc)
+
+    def holes(self) -> list[int]:
+        """Positions inside ``[lo, hi]`` that are not members, relative to ``lo``."""
+        return [i for i in range(self.extent) if not (self.bits >> i) & 1]
+
+
+class _Global(Offsets):
+    """Every input position along the axis (global pooling, batch statistics, flattening)."""
+
+    is_global = True
+
+    def __init__(self) -> None:
+        self.lo = 0
+        self.bits = -1
+
+    @property
+    def empty(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        raise ValueError("a global offset set has no finite size")
+
+    def __iter__(self) -> Iterator[int]:
+        raise ValueError("a global offset set cannot be enumerated")
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __hash__(self) -> int:
+        return hash("GLOBAL")
+
+    def __repr__(self) -> str:
+        return "GLOBAL"
+
+    def shift(self, k: int) -> Offsets:
+        return self
+
+    def __or__(self, other: Offsets) -> Offsets:
+        return self
+
+    def issubset(self, other: Offsets) -> bool:
+        return other.is_global
+
+    def minkowski(self, shifts: Offsets) -> Offsets:
+        return self if not shifts.empty else EMPTY
+
+
+EMPTY = Offsets(0, 0)
+GLOBAL: Offsets = _Global()
+
+
+@dataclass(frozen=True)
+class AxisMap:
+    """``v -> {(v // period) * advance + d : d in phases[v % period]}`` (see the module docstring)."""
+
+    period: int
+    advance: int
+    phases: tuple[Offsets, ...]
+
+    def __post_init__(self) -> None:
+        if self.period < 1 or len(self.phases) != self.period:
+            raise ValueError(f"an AxisMap needs period >= 1 and one offset set per phase, got {self!r}")
+
+    # -- constructors ---------------------------------------------------------------------------------------
+    @staticmethod
+    def affine(stride: int, offsets: Offsets) -> AxisMap:
+        """Output ``u`` reads ``u * stride + offsets`` (convolution, pooling, slicing, padding)."""
+        return AxisMap(1, stride, (offsets,))
+
+    @staticmethod
+    def identity() -> AxisMap:
+        return IDENTITY
+
+    @staticmethod
+    def constant(offsets: Offsets) -> AxisMap:
+        """Every index reads the same set (broadcasting, a reduced or selected axis)."""
+        return AxisMap(1, 0, (offsets,))
+
+    # -- queries --------------------------------------------------------------------------------------------
+    @property
+    def stride(self) -> Fraction:
+        return Fraction(self.advance, self.period)
+
+    @property
+    def is_empty(self) -> bool:
+        return all(p.empty for p in self.phases)
+
+    @property
+    def is_global(self) -> bool:
+        return all(p.is_global for p in self.phases)
+
+    @property
+    def has_global(self) -> bool:
+        return any(p.is_global for p in self.phases)
+
+    def at(self, v: int) -> Offsets:
+        q, phase = divmod(v, self.period)
+        return self.phases[phase].shift(q * self.advance)
+
+    # -- algebra --------------------------------------------------------------------------------------------
+    def lift(self, period: int) -> AxisMap:
+        """The same map written with a larger period (a multiple of the current one)."""
+        if period == self.period:
+            return self
+        if period % self.period:
+            raise ValueError(f"cannot lift period {self.period} to {period}")
+        phases = tuple(self.at(v) for v in range(period))
+        return AxisMap(period, self.advance * (period // self.period), phases)
+
+    def normalized(self) -> AxisMap:
+        """The smallest period describing the same map, so equal maps compare equal."""
+        if self.is_empty:
+            return EMPTY_MAP
+        if self.is_global:
+            return GLOBAL_MAP
+        P = self.period
+        for p in range(1, P):
+            if P % p or (self.advance * p) % P:
+                continue
+            step = self.advance * p // P
+            if all(self.phases[f + p] == self.phases[f].shift(step) for f in range(P - p)):
+                return AxisMap(p, step, self.phases[:p])
+        return self
+
+    def union(self, other: AxisMap) -> AxisMap | None:
+        """The map ``v -> self(v) | other(v)``, or None when the strides differ (then no period exists)."""
+        if other.is_empty or self.is_global:
+            return self
+        if self.is_empty or other.is_global:
+            return other
+        if self.stride != other.stride:
+            return None
+        P = self.period * other.period // gcd(self.period, other.period)
+        a, b = self.lift(P), other.lift(P)
+        return AxisMap(P, a.advance, tuple(x | y for x, y in zip(a.phases, b.phases))).normalized()
+
+    def issubset(self, other: AxisMap) -> bool:
+        if self.is_empty or other.is_global:
+            return True
+        if self.stride != other.stride:
+            return False
+        P = self.period * other.period // gcd(self.period, other.period)
+        a, b = self.lift(P), other.lift(P)
+        return all(x.issubset(y) for x, y in zip(a.phases, b.phases))
+
+    def endpoints(self) -> AxisMap:
+        """Each phase reduced to its first and last member (the extent, without holes)."""
+        return AxisMap(
+            self.period,
+            self.advance,
+            tuple(p if p.is_global or p.empty else Offsets.of((p.lo, p.hi)) for p in self.phases),
+        )
+
+
+IDENTITY = AxisMap(1, 1, (Offsets(0, 1),))
+EMPTY_MAP = AxisMap(1, 0, (EMPTY,))
+GLOBAL_MAP = AxisMap(1, 0, (GLOBAL,))
+
+
+def compose(inner: AxisMap, rule: AxisMap) -> AxisMap:
+    """The map of an op's output given the map of its input (``inner``) and the op's own ``rule``.
+
+    ``rule(u)`` lists the op-input indices read by output ``u``; ``inner(v)`` the network-input pixels behind
+    op-input ``v``. Write ``u = q' P' + f'``. A whole number ``k`` of rule periods moves the op-input index by
+    ``k A'``, a multiple of the inner period ``P`` once ``k = P / gcd(A', P)``; so the result has period
+    ``k P'`` and advance ``k A' A / P``, and each of its phases is a finite union of shifted inner phases.
+    """
+    if inner.is_empty or rule.is_empty:
+        return EMPTY_MAP
+    P, A = inner.period, inner.advance
+    k = P // gcd(rule.advance, P)
+    t = k * rule.advance // P
+    whole = None  # union of every inner phase: what a GLOBAL rule phase reads
+    phases: list[Offsets] = []
+    for j in range(k):
+        for e_set in rule.phases:
+            if e_set.is_global:
+                if whole is None:
+                    whole = GLOBAL if not inner.is_empty else EMPTY
+                phases.append(whole)
+                continue
+            # Group the rule's taps by the inner phase they land in: one Minkowski sum per inner phase.
+            by_phase: dict[int, list[int]] = {}
+            for e in e_set:
+                w = j * rule.advance + e
+                q, r = divmod(w, P)
+                by_phase.setdefault(r, []).append(q * A)
+            acc = EMPTY
+            for r, shifts in by_phase.items():
+                acc = acc | inner.phases[r].minkowski(Offsets.of(shifts))
+            phases.append(acc)
+    return AxisMap(k * rule.period, t * A, tuple(phases)).normalized()
