@@ -73,7 +73,11 @@ def _pick(out: object, output: str | None) -> torch.Tensor:
 
 
 def gradient_support(
-    model: nn.Module, input_shape: Sequence[int], index: Sequence[int], output: str | None = None, seed: int = 0
+    model: nn.Module,
+    input_shape: Sequence[int],
+    index: Sequence[int],
+    output: str | None = None,
+    seed: int = 0,
 ) -> np.ndarray:
     """Boolean array over the input's spatial shape: pixels whose gradient at output ``index`` is nonzero."""
     model = positive_copy(model)

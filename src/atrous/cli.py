@@ -31,20 +31,28 @@ def cmd_rf(args: argparse.Namespace) -> int:
     from atrous.rf.render import layers_table, outputs_table
 
     shape = parse_ints(args.input, "--input")
-    report = analyze(resolve_model(args.model), shape, train_view=args.train_view, ignore_statistics=args.ignore_stats)
+    report = analyze(
+        resolve_model(args.model), shape, train_view=args.train_view, ignore_statistics=args.ignore_stats
+    )
     at = parse_ints(args.at, "--at") if args.at else None
     support = None
     if at is not None:
         out = report.output(args.output)
         spatial = out.shape[2:]
         if len(at) != len(spatial) or any(not 0 <= i < n for i, n in zip(at, spatial)):
-            raise InputShapeError(f"--at {args.at} is outside output '{out.name}' of spatial size {tuple(spatial)}")
+            raise InputShapeError(
+                f"--at {args.at} is outside output '{out.name}' of spatial size {tuple(spatial)}"
+            )
         grid = report.support(at, args.output)
-        idx = [ax.nonzero()[0] for ax in (grid.any(axis=tuple(j for j in range(grid.ndim) if j != i)) for i in range(grid.ndim))]
+        idx = [
+            ax.nonzero()[0]
+            for ax in (grid.any(axis=tuple(j for j in range(grid.ndim) if j != i)) for i in range(grid.ndim))
+        ]
         support = {
-            "index": list(at), "pixels": int(grid.sum()),
+            "index": list(at),
+            "pixels": int(grid.sum()),
             "box": [[int(i[0]), int(i[-1])] if len(i) else None for i in idx],
-        }  # fmt: skip
+        }
     if args.json:
         data = report.to_json(layers=args.layers)
         if support is not None:
@@ -80,7 +88,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     for col in ("rates", "RF", "holes", "hole positions", "HDC rule"):
         table.add_column(col, overflow="fold")
     for r in results:
-        table.add_row(",".join(map(str, r.rates)), str(r.rf), str(len(r.holes)), str(list(r.holes)) if r.holes else "-", r.hdc.verdict)
+        table.add_row(
+            ",".join(map(str, r.rates)),
+            str(r.rf),
+            str(len(r.holes)),
+            str(list(r.holes)) if r.holes else "-",
+            r.hdc.verdict,
+        )
     console.print(table)
     return 0
 
@@ -89,6 +103,16 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from atrous.lab.runner import run_lab
 
     run_lab(preset=args.preset, out=args.out, only=args.only, console=console)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from atrous import bench
+
+    suites = list(bench.SUITES) if args.suite == "all" else [args.suite]
+    results = bench.run(suites, console)
+    if args.json:
+        print(json.dumps(results, indent=2))
     return 0
 
 
@@ -101,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="input shape C,H,W (batch excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--layers", action="store_true", help="also show the RF after every layer")
-    p.add_argument("--train-view", action="store_true", help="BatchNorm with batch statistics (RF becomes global)")
+    p.add_argument(
+        "--train-view", action="store_true", help="BatchNorm with batch statistics (RF becomes global)"
+    )
     p.add_argument("--ignore-stats", action="store_true", help="treat normalisation statistics as constants")
     p.add_argument("--at", help="also give the exact in-image support of this output pixel, e.g. 16,16")
     p.add_argument("--output", help="which model output --at refers to (default: the first)")
@@ -110,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedule", help="check a dilation schedule for holes, or suggest hole-free ones")
     p.add_argument("rates", nargs="?", help="comma-separated rates, e.g. 1,2,5")
     p.add_argument("--kernel", type=int, default=3)
-    p.add_argument("--suggest", type=int, metavar="TARGET_RF", help="shortest hole-free schedules reaching this RF")
+    p.add_argument(
+        "--suggest", type=int, metavar="TARGET_RF", help="shortest hole-free schedules reaching this RF"
+    )
     p.add_argument("--limit", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schedule)
@@ -120,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/lab", help="report directory")
     p.add_argument("--only", help="comma-separated exercises, e.g. ex1")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("bench", help="speed benchmarks, as ratios against a baseline in the same run")
+    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -41,7 +41,9 @@ def parse_kwargs(text: str, what: str) -> dict[str, Any]:
             raise SpecError(f"{token!r} in {what} has no key; write key=value pairs such as width=32")
         else:
             kwargs[last].append(token)
-    return {k: parse_value(v[0]) if len(v) == 1 else tuple(parse_value(x) for x in v) for k, v in kwargs.items()}
+    return {
+        k: parse_value(v[0]) if len(v) == 1 else tuple(parse_value(x) for x in v) for k, v in kwargs.items()
+    }
 
 
 def split_spec(spec: str) -> tuple[str, str]:

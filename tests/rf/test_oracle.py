@@ -14,40 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from oracle import gradient_support
 from torch import nn
 
 from atrous.rf import analyze
-
-
-class Lambda(nn.Module):
-    def __init__(self, fn: Callable) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
-def seq(*layers: nn.Module | Callable) -> nn.Module:
-    return nn.Sequential(*[layer if isinstance(layer, nn.Module) else Lambda(layer) for layer in layers])
-
-
-class Branches(nn.Module):
-    """Two branches from one stem, merged by add or channel concatenation after cropping to a common size."""
-
-    def __init__(self, stem: nn.Module, a: nn.Module, b: nn.Module, merge: str, tail: nn.Module | None = None):
-        super().__init__()
-        self.stem, self.a, self.b, self.merge = stem, a, b, merge
-        self.tail = tail or nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        ya, yb = self.a(x), self.b(x)
-        size = [min(p, q) for p, q in zip(ya.shape[2:], yb.shape[2:])]
-        crop = (slice(None), slice(None), *[slice(0, n) for n in size])
-        ya, yb = ya[crop], yb[crop]
-        return self.tail(ya + yb if self.merge == "add" else torch.cat([ya, yb], 1))
+from nets import Branches, Lambda, seq
+from oracle import gradient_support
 
 
 class ChunkOfCat(nn.Module):
@@ -99,7 +70,9 @@ class TinyUNet(nn.Module):
         self.enc = nn.Conv2d(2, 2, 3, padding=1)
         self.mid = nn.Conv2d(2, 2, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
-        self.up = nn.ConvTranspose2d(2, 2, 2, stride=2) if up == "transposed" else nn.Conv2d(2, 2, 3, padding=1)
+        self.up = (
+            nn.ConvTranspose2d(2, 2, 2, stride=2) if up == "transposed" else nn.Conv2d(2, 2, 3, padding=1)
+        )
         self.mode = up
         self.dec = nn.Conv2d(4, 2, 3, padding=1)
 
@@ -117,37 +90,164 @@ class TinyUNet(nn.Module):
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
     # name: (factory, small input shape, large input shape for the theoretical window)
-    "conv_rect_strided_dilated": (lambda: nn.Conv2d(2, 2, (3, 5), (2, 1), (1, 2), (2, 3)), (2, 13, 11), (2, 41, 41)),
+    "conv_rect_strided_dilated": (
+        lambda: nn.Conv2d(2, 2, (3, 5), (2, 1), (1, 2), (2, 3)),
+        (2, 13, 11),
+        (2, 41, 41),
+    ),
     "conv1d": (lambda: seq(nn.Conv1d(2, 2, 4, 3, 0, 2), nn.Conv1d(2, 2, 3, 1, 1)), (2, 29), (2, 97)),
-    "conv3d": (lambda: seq(nn.Conv3d(2, 2, (3, 1, 5), (1, 2, 1), (1, 0, 4), (1, 1, 2))), (2, 7, 6, 9), (2, 15, 15, 21)),
-    "transposed": (lambda: seq(nn.ConvTranspose2d(2, 2, 4, 2, 1), nn.Conv2d(2, 2, 3, padding=1)), (2, 6, 7), (2, 21, 21)),
-    "transposed_outpad": (lambda: nn.ConvTranspose2d(2, 2, 3, 2, 1, output_padding=1), (2, 5, 6), (2, 15, 15)),
+    "conv3d": (
+        lambda: seq(nn.Conv3d(2, 2, (3, 1, 5), (1, 2, 1), (1, 0, 4), (1, 1, 2))),
+        (2, 7, 6, 9),
+        (2, 15, 15, 21),
+    ),
+    "transposed": (
+        lambda: seq(nn.ConvTranspose2d(2, 2, 4, 2, 1), nn.Conv2d(2, 2, 3, padding=1)),
+        (2, 6, 7),
+        (2, 21, 21),
+    ),
+    "transposed_outpad": (
+        lambda: nn.ConvTranspose2d(2, 2, 3, 2, 1, output_padding=1),
+        (2, 5, 6),
+        (2, 15, 15),
+    ),
     "transposed_dilated": (lambda: nn.ConvTranspose2d(2, 2, 5, 3, 2, dilation=2), (2, 5, 4), (2, 13, 13)),
-    "down_up": (lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), nn.ConvTranspose2d(2, 2, 2, 2), nn.Conv2d(2, 2, 3, 1, 1)), (2, 9, 10), (2, 33, 33)),
-    "maxpool_ceil": (lambda: seq(nn.Conv2d(2, 2, 3, padding=1), nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.Conv2d(2, 2, 3)), (2, 12, 11), (2, 41, 41)),
-    "avgpool_ceil": (lambda: seq(nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(2, 2, 3, padding=1)), (2, 9, 7), (2, 31, 31)),
-    "maxpool_dilated": (lambda: seq(nn.MaxPool2d(3, 1, 1, dilation=2), nn.Conv2d(2, 2, 3, padding=1)), (2, 10, 9), (2, 31, 31)),
-    "adaptive_pool": (lambda: seq(nn.Conv2d(2, 2, 3, padding=1), nn.AdaptiveAvgPool2d((3, 5)), nn.Conv2d(2, 2, 1)), (2, 13, 17), (2, 13, 17)),
-    "nearest_x2": (lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), nn.Upsample(scale_factor=2, mode="nearest")), (2, 8, 9), (2, 31, 31)),
-    "nearest_odd_size": (lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), Lambda(lambda x: F.interpolate(x, size=(17, 13)))), (2, 9, 7), (2, 9, 7)),
-    "bilinear_x2": (lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), nn.Upsample(scale_factor=2, mode="bilinear")), (2, 10, 9), (2, 33, 33)),
-    "bilinear_odd_size": (lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), Lambda(lambda x: F.interpolate(x, size=(19, 11), mode="bilinear"))), (2, 10, 7), (2, 10, 7)),
-    "bilinear_align_corners": (lambda: seq(Lambda(lambda x: F.interpolate(x, size=(13, 9), mode="bilinear", align_corners=True))), (2, 7, 4), (2, 7, 4)),
-    "bilinear_downsample": (lambda: seq(Lambda(lambda x: F.interpolate(x, scale_factor=0.5, mode="bilinear"))), (2, 11, 12), (2, 11, 12)),
+    "down_up": (
+        lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), nn.ConvTranspose2d(2, 2, 2, 2), nn.Conv2d(2, 2, 3, 1, 1)),
+        (2, 9, 10),
+        (2, 33, 33),
+    ),
+    "maxpool_ceil": (
+        lambda: seq(nn.Conv2d(2, 2, 3, padding=1), nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.Conv2d(2, 2, 3)),
+        (2, 12, 11),
+        (2, 41, 41),
+    ),
+    "avgpool_ceil": (
+        lambda: seq(nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(2, 2, 3, padding=1)),
+        (2, 9, 7),
+        (2, 31, 31),
+    ),
+    "maxpool_dilated": (
+        lambda: seq(nn.MaxPool2d(3, 1, 1, dilation=2), nn.Conv2d(2, 2, 3, padding=1)),
+        (2, 10, 9),
+        (2, 31, 31),
+    ),
+    "adaptive_pool": (
+        lambda: seq(nn.Conv2d(2, 2, 3, padding=1), nn.AdaptiveAvgPool2d((3, 5)), nn.Conv2d(2, 2, 1)),
+        (2, 13, 17),
+        (2, 13, 17),
+    ),
+    "nearest_x2": (
+        lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), nn.Upsample(scale_factor=2, mode="nearest")),
+        (2, 8, 9),
+        (2, 31, 31),
+    ),
+    "nearest_odd_size": (
+        lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), Lambda(lambda x: F.interpolate(x, size=(17, 13)))),
+        (2, 9, 7),
+        (2, 9, 7),
+    ),
+    "bilinear_x2": (
+        lambda: seq(nn.Conv2d(2, 2, 3, 2, 1), nn.Upsample(scale_factor=2, mode="bilinear")),
+        (2, 10, 9),
+        (2, 33, 33),
+    ),
+    "bilinear_odd_size": (
+        lambda: seq(
+            nn.Conv2d(2, 2, 3, 2, 1), Lambda(lambda x: F.interpolate(x, size=(19, 11), mode="bilinear"))
+        ),
+        (2, 10, 7),
+        (2, 10, 7),
+    ),
+    "bilinear_align_corners": (
+        lambda: seq(Lambda(lambda x: F.interpolate(x, size=(13, 9), mode="bilinear", align_corners=True))),
+        (2, 7, 4),
+        (2, 7, 4),
+    ),
+    "bilinear_downsample": (
+        lambda: seq(Lambda(lambda x: F.interpolate(x, scale_factor=0.5, mode="bilinear"))),
+        (2, 11, 12),
+        (2, 11, 12),
+    ),
     "bicubic": (lambda: seq(nn.Upsample(scale_factor=2, mode="bicubic")), (2, 6, 5), (2, 21, 21)),
-    "trilinear": (lambda: seq(nn.Conv3d(2, 2, 3, 2, 1), nn.Upsample(scale_factor=2, mode="trilinear")), (2, 6, 5, 7), (2, 17, 17, 17)),
-    "nearest_exact": (lambda: seq(Lambda(lambda x: F.interpolate(x, size=(11, 7), mode="nearest-exact"))), (2, 5, 6), (2, 5, 6)),
-    "pixel_shuffle": (lambda: seq(nn.Conv2d(4, 8, 3, padding=1), nn.PixelShuffle(2), nn.Conv2d(2, 2, 3, padding=1)), (4, 5, 6), (4, 17, 17)),
-    "pixel_unshuffle": (lambda: seq(nn.PixelUnshuffle(2), nn.Conv2d(8, 2, 3, padding=1)), (2, 10, 8), (2, 30, 30)),
-    "pad_constant": (lambda: seq(Lambda(lambda x: F.pad(x, (2, 0, 1, 3))), nn.Conv2d(2, 2, 3)), (2, 7, 8), (2, 21, 21)),
-    "pad_reflect": (lambda: seq(Lambda(lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect")), nn.Conv2d(2, 2, 3)), (2, 7, 8), (2, 21, 21)),
-    "pad_replicate": (lambda: seq(Lambda(lambda x: F.pad(x, (2, 2, 3, 1), mode="replicate")), nn.Conv2d(2, 2, 3)), (2, 6, 7), (2, 21, 21)),
-    "crop_negative_pad": (lambda: seq(nn.Conv2d(2, 2, 3, padding=1), Lambda(lambda x: F.pad(x, (-1, -2, 0, -1)))), (2, 9, 9), (2, 21, 21)),
-    "slice_step": (lambda: seq(nn.Conv2d(2, 2, 3, padding=1), Lambda(lambda x: x[:, :, 2:-3:2, 1:])), (2, 15, 9), (2, 31, 31)),
-    "flip": (lambda: seq(nn.Conv2d(2, 2, (3, 1), padding=(2, 0)), Lambda(lambda x: torch.flip(x, [2])), nn.Conv2d(2, 2, 3)), (2, 9, 8), (2, 21, 21)),
-    "depthwise": (lambda: seq(nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4), nn.Conv2d(4, 4, 1)), (4, 12, 12), (4, 31, 31)),
-    "residual_add": (lambda: Branches(nn.Conv2d(2, 2, 3, 2, 1), nn.Identity(), seq(nn.Conv2d(2, 2, 3, 1, 1), nn.ReLU(), nn.Conv2d(2, 2, 3, 1, 1)), "add"), (2, 12, 13), (2, 41, 41)),
-    "aspp_like": (lambda: Branches(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 3, padding=4, dilation=4), nn.Conv2d(2, 2, 3, padding=7, dilation=7), "cat", nn.Conv2d(4, 2, 1)), (2, 15, 15), (2, 41, 41)),
+    "trilinear": (
+        lambda: seq(nn.Conv3d(2, 2, 3, 2, 1), nn.Upsample(scale_factor=2, mode="trilinear")),
+        (2, 6, 5, 7),
+        (2, 17, 17, 17),
+    ),
+    "nearest_exact": (
+        lambda: seq(Lambda(lambda x: F.interpolate(x, size=(11, 7), mode="nearest-exact"))),
+        (2, 5, 6),
+        (2, 5, 6),
+    ),
+    "pixel_shuffle": (
+        lambda: seq(nn.Conv2d(4, 8, 3, padding=1), nn.PixelShuffle(2), nn.Conv2d(2, 2, 3, padding=1)),
+        (4, 5, 6),
+        (4, 17, 17),
+    ),
+    "pixel_unshuffle": (
+        lambda: seq(nn.PixelUnshuffle(2), nn.Conv2d(8, 2, 3, padding=1)),
+        (2, 10, 8),
+        (2, 30, 30),
+    ),
+    "pad_constant": (
+        lambda: seq(Lambda(lambda x: F.pad(x, (2, 0, 1, 3))), nn.Conv2d(2, 2, 3)),
+        (2, 7, 8),
+        (2, 21, 21),
+    ),
+    "pad_reflect": (
+        lambda: seq(Lambda(lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect")), nn.Conv2d(2, 2, 3)),
+        (2, 7, 8),
+        (2, 21, 21),
+    ),
+    "pad_replicate": (
+        lambda: seq(Lambda(lambda x: F.pad(x, (2, 2, 3, 1), mode="replicate")), nn.Conv2d(2, 2, 3)),
+        (2, 6, 7),
+        (2, 21, 21),
+    ),
+    "crop_negative_pad": (
+        lambda: seq(nn.Conv2d(2, 2, 3, padding=1), Lambda(lambda x: F.pad(x, (-1, -2, 0, -1)))),
+        (2, 9, 9),
+        (2, 21, 21),
+    ),
+    "slice_step": (
+        lambda: seq(nn.Conv2d(2, 2, 3, padding=1), Lambda(lambda x: x[:, :, 2:-3:2, 1:])),
+        (2, 15, 9),
+        (2, 31, 31),
+    ),
+    "flip": (
+        lambda: seq(
+            nn.Conv2d(2, 2, (3, 1), padding=(2, 0)), Lambda(lambda x: torch.flip(x, [2])), nn.Conv2d(2, 2, 3)
+        ),
+        (2, 9, 8),
+        (2, 21, 21),
+    ),
+    "depthwise": (
+        lambda: seq(nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4), nn.Conv2d(4, 4, 1)),
+        (4, 12, 12),
+        (4, 31, 31),
+    ),
+    "residual_add": (
+        lambda: Branches(
+            nn.Conv2d(2, 2, 3, 2, 1),
+            nn.Identity(),
+            seq(nn.Conv2d(2, 2, 3, 1, 1), nn.ReLU(), nn.Conv2d(2, 2, 3, 1, 1)),
+            "add",
+        ),
+        (2, 12, 13),
+        (2, 41, 41),
+    ),
+    "aspp_like": (
+        lambda: Branches(
+            nn.Conv2d(2, 2, 1),
+            nn.Conv2d(2, 2, 3, padding=4, dilation=4),
+            nn.Conv2d(2, 2, 3, padding=7, dilation=7),
+            "cat",
+            nn.Conv2d(4, 2, 1),
+        ),
+        (2, 15, 15),
+        (2, 41, 41),
+    ),
     "chunk_of_cat": (ChunkOfCat, (2, 15, 15), (2, 31, 31)),
     "squeeze_excite": (SqueezeExcite, (2, 7, 6), (2, 7, 6)),
     "channels_last_mlp": (ChannelsLastMLP, (4, 9, 8), (4, 21, 21)),
@@ -172,7 +272,9 @@ def test_in_image_support_equals_oracle(name: str) -> None:
     for index in _probe_pixels(out_shape):
         expected = gradient_support(model, shape, index)
         got = report.support(index)
-        assert np.array_equal(got, expected), f"{name} at output {index}: engine {got.sum()} px, oracle {expected.sum()} px"
+        assert np.array_equal(got, expected), (
+            f"{name} at output {index}: engine {got.sum()} px, oracle {expected.sum()} px"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

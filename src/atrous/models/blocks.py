@@ -47,7 +47,9 @@ class ConvStack(nn.Module):
     ) -> None:
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
-            raise ModelError(f"convstack kernel must be odd and >= 1 (symmetric 'same' padding), got {kernel}")
+            raise ModelError(
+                f"convstack kernel must be odd and >= 1 (symmetric 'same' padding), got {kernel}"
+            )
         if not rates or any(int(r) < 1 for r in rates):
             raise ModelError(f"convstack rates must be positive integers, got {tuple(rates)}")
         self.kernel, self.rates = kernel, tuple(int(r) for r in rates)

@@ -55,7 +55,9 @@ def list_models() -> list[str]:
 def model_info(name: str) -> ModelInfo:
     _load_zoo()
     if name not in _REGISTRY:
-        raise ModelError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)} (list them with `atrous models`)")
+        raise ModelError(
+            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)} (list them with `atrous models`)"
+        )
     return _REGISTRY[name]
 
 

@@ -28,9 +28,16 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-        groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+    ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ModelError("BasicBlock supports only groups=1 and base_width=64 (as in torchvision)")
@@ -54,9 +61,16 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-        groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+    ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
@@ -133,9 +147,14 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _make_layer(
-        self, block: type, planes: int, blocks: int, stride: int = 1, dilate: bool = False,
+        self,
+        block: type,
+        planes: int,
+        blocks: int,
+        stride: int = 1,
+        dilate: bool = False,
         multi_grid: Sequence[int] | None = None,
-    ) -> nn.Sequential:  # fmt: skip
+    ) -> nn.Sequential:
         previous = self.dilation
         if dilate:
             self.dilation *= stride
@@ -143,7 +162,8 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
             )
         if multi_grid is not None and len(multi_grid) != blocks:
             raise ModelError(f"multi_grid {tuple(multi_grid)} needs one rate per block of layer4 ({blocks})")

@@ -5,4 +5,6 @@ from __future__ import annotations
 from atrous.models.blocks import convstack
 from atrous.models.registry import register
 
-register("convstack", "conv stack: presets standard/dilated/dilated4/large/hdc/gridded, or rates=...")(convstack)
+register("convstack", "conv stack: presets standard/dilated/dilated4/large/hdc/gridded, or rates=...")(
+    convstack
+)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import reduce
+from itertools import pairwise
 from math import ceil, prod
 from typing import Any
 
@@ -198,7 +199,7 @@ def _combine(alg: Any, pieces: list[Segment], c_out: int) -> tuple[Segment, ...]
     """Union of segment pieces from several inputs, split at every boundary, equal neighbours merged."""
     cuts = sorted({0, c_out} | {p.start for p in pieces} | {p.stop for p in pieces})
     segments: list[Segment] = []
-    for lo, hi in zip(cuts, cuts[1:]):
+    for lo, hi in pairwise(cuts):
         if hi <= lo or lo >= c_out:
             continue
         terms = union_terms(alg, [t for p in pieces if p.start <= lo and p.stop >= hi for t in p.terms])
@@ -231,7 +232,9 @@ class Propagation:
         self.spatial = len(graph.input_shape) - 2
         self.shapes = {n.id: n.shape for n in graph.nodes}
         self.layouts: dict[int, Layout] = {
-            graph.input_node: L.with_sizes(L.input_layout(len(graph.input_shape), self.spatial), graph.input_shape)
+            graph.input_node: L.with_sizes(
+                L.input_layout(len(graph.input_shape), self.spatial), graph.input_shape
+            )
         }
         self.effects: list[tuple[OpCall, list[Effect]]] = []
         for call in graph.calls:
@@ -245,7 +248,9 @@ class Propagation:
                 )
             effects = fn(Ctx(call, self.layouts, self.shapes, options))
             if len(effects) != len(call.outputs):
-                raise AssertionError(f"rule for {call.packet} gave {len(effects)} effects for {len(call.outputs)} outputs")
+                raise AssertionError(
+                    f"rule for {call.packet} gave {len(effects)} effects for {len(call.outputs)} outputs"
+                )
             for node, effect in zip(call.outputs, effects):
                 self.layouts[node] = effect.layout
             self.effects.append((call, effects))
@@ -262,8 +267,14 @@ class Propagation:
         g = self.graph
         start = tuple(alg.identity(a) for a in range(self.spatial))
         c_in = self.channels(g.input_node)
-        paths0 = tuple({_centre_key(IDENTITY): IDENTITY.endpoints()} for _ in range(self.spatial)) if with_paths else ()
-        states = {g.input_node: NodeState(self.layouts[g.input_node], (Segment(0, c_in, (start,)),), (), paths0)}
+        paths0 = (
+            tuple({_centre_key(IDENTITY): IDENTITY.endpoints()} for _ in range(self.spatial))
+            if with_paths
+            else ()
+        )
+        states = {
+            g.input_node: NodeState(self.layouts[g.input_node], (Segment(0, c_in, (start,)),), (), paths0)
+        }
         for call, effects in self.effects:
             for node, effect in zip(call.outputs, effects):
                 states[node] = self._apply(alg, effect, node, states, with_paths)
@@ -302,7 +313,11 @@ class Propagation:
             if with_paths:
                 for a in range(self.spatial):
                     for key, sig in state.paths[a].items():
-                        new = sig if a not in rules else compose(sig, rules[a].periodic).endpoints().normalized()
+                        new = (
+                            sig
+                            if a not in rules
+                            else compose(sig, rules[a].periodic).endpoints().normalized()
+                        )
                         paths[a][_centre_key(new) if a in rules else key] = new
         segments = _combine(alg, pieces, c_out) if pieces else (Segment(0, c_out, ()),)
         return NodeState(effect.layout, segments, tuple(dict.fromkeys(notes)), tuple(paths), merged)
@@ -397,7 +412,8 @@ class TensorRF:
             "global_axes": [a.name for a in self.axes if a.global_],
             "phases": [
                 [{"phase": p.phase, "window": [p.lo, p.hi], "rf": p.rf, "holes": p.holes} for p in a.phases]
-                if not a.aligned else []
+                if not a.aligned
+                else []
                 for a in self.axes
             ],
             "notes": self.notes + [a.note for a in self.axes if a.note],
@@ -424,16 +440,29 @@ def _axis_rf(name: str, maps: list[AxisMap], paths: dict, n_out: int) -> AxisRF:
     """Summary of one axis of one tensor from the per-term maps (union) and path classes (alignment)."""
     union = _axis_union(maps) if maps else None
     if not maps or (union is not None and union.is_empty):
-        return AxisRF(name, 0, False, None, None, None, [], 0.0, True, [], "no input pixel reaches this tensor")
+        return AxisRF(
+            name, 0, False, None, None, None, [], 0.0, True, [], "no input pixel reaches this tensor"
+        )
     if union is not None and union.has_global:
-        return AxisRF(name, None, True, union.stride if not union.is_global else None, None, None, [], 1.0, True, [])
+        return AxisRF(
+            name, None, True, union.stride if not union.is_global else None, None, None, [], 1.0, True, []
+        )
     if union is None:
         # Paths with different strides meet: the window depends on the position; show the largest one.
         sets = [reduce(lambda acc, m: acc | m.at(u), maps, Offsets.of([])) for u in range(max(n_out, 1))]
         widest = max(sets, key=lambda s: s.extent)
         strides = sorted({str(m.stride) for m in maps if not m.is_empty})
         return AxisRF(
-            name, widest.extent, False, None, None, None, widest.holes(), len(widest) / widest.extent, False, [],
+            name,
+            widest.extent,
+            False,
+            None,
+            None,
+            None,
+            widest.holes(),
+            len(widest) / widest.extent,
+            False,
+            [],
             f"paths with different strides ({', '.join(strides)}) meet: the window depends on the position; "
             f"rf is the largest over the {n_out} output positions",
         )
@@ -452,9 +481,18 @@ def _axis_rf(name: str, maps: list[AxisMap], paths: dict, n_out: int) -> AxisRF:
         note = "paths disagree on the centre of the window: " + ", ".join(str(c) for c in found)
     centre = Fraction(first.lo + first.hi, 2) if union.period == 1 else None
     return AxisRF(
-        name, widest_phase.rf, False, union.stride, padding, centre, widest_phase.holes,
-        len(widest) / widest.extent, aligned, windows, note,
-    )  # fmt: skip
+        name,
+        widest_phase.rf,
+        False,
+        union.stride,
+        padding,
+        centre,
+        widest_phase.holes,
+        len(widest) / widest.extent,
+        aligned,
+        windows,
+        note,
+    )
 
 
 def _area_coverage(terms: list[Term], axes: list[AxisRF], limit: int = 1 << 24) -> float | None:
@@ -465,7 +503,7 @@ def _area_coverage(terms: list[Term], axes: list[AxisRF], limit: int = 1 << 24) 
     boxes = [[m.at(phase[i]) for i, m in enumerate(t)] for t in terms]
     lo = [min(b[i].lo for b in boxes if not b[i].empty) for i in range(len(axes))]
     hi = [max(b[i].hi for b in boxes if not b[i].empty) for i in range(len(axes))]
-    shape = [h - l + 1 for l, h in zip(lo, hi)]
+    shape = [top - bottom + 1 for bottom, top in zip(lo, hi)]
     if prod(shape) > limit:
         return None
     grid = np.zeros(shape, dtype=bool)
@@ -518,11 +556,20 @@ class RFReport:
         for call in self.graph.calls:
             if call.outputs:
                 node = call.outputs[0]
-                rows.append(LayerRow(node, call.module, call.packet.split(".")[-1], self.graph.nodes[node].shape,
-                                     self.tensor(node)))  # fmt: skip
+                rows.append(
+                    LayerRow(
+                        node,
+                        call.module,
+                        call.packet.split(".")[-1],
+                        self.graph.nodes[node].shape,
+                        self.tensor(node),
+                    )
+                )
         return rows
 
-    def window(self, index: Sequence[int], output: str | None = None) -> tuple[tuple[int, ...], np.ndarray] | None:
+    def window(
+        self, index: Sequence[int], output: str | None = None
+    ) -> tuple[tuple[int, ...], np.ndarray] | None:
         """Theoretical support of one output pixel on an unbounded input: ``(origin, mask)`` where
         ``mask[i, j]`` says whether input pixel ``(origin[0] + i, origin[1] + j)`` is reached. None if the
         receptive field is global along some axis."""
@@ -543,7 +590,11 @@ class RFReport:
         shape = tuple(max(b[a].hi for b in boxes) - origin[a] + 1 for a in range(len(index)))
         mask = np.zeros(shape, dtype=bool)
         for b in boxes:
-            mask[np.ix_(*[np.fromiter((v - origin[a] for v in b[a]), dtype=np.int64) for a in range(len(index))])] = True
+            mask[
+                np.ix_(
+                    *[np.fromiter((v - origin[a] for v in b[a]), dtype=np.int64) for a in range(len(index))]
+                )
+            ] = True
         return origin, mask
 
     def support(self, index: Sequence[int], output: str | None = None) -> np.ndarray:
@@ -624,4 +675,3 @@ def analyze(
     periodic = prop.run(PeriodicAlgebra(), with_paths=True)
     outputs = [_tensor_rf(prop, periodic[node], node, name) for name, node in graph.outputs.items()]
     return RFReport(shape, outputs, graph, options, prop, periodic)
-

@@ -33,7 +33,8 @@ def input_layout(ndim: int, spatial: int) -> Layout:
 def with_sizes(layout: Layout, shape: tuple[int, ...]) -> Layout:
     """Fill in the sizes of plain locs from a shape."""
     return tuple(
-        None if loc is None else Loc(loc.dim, loc.inner, shape[loc.dim], True) if loc.plain else loc for loc in layout
+        None if loc is None else Loc(loc.dim, loc.inner, shape[loc.dim], True) if loc.plain else loc
+        for loc in layout
     )
 
 
@@ -62,7 +63,9 @@ def contiguous_strides(shape: tuple[int, ...]) -> list[int]:
     return [prod(shape[d + 1 :]) for d in range(len(shape))]
 
 
-def reshape(layout: Layout, old: tuple[int, ...], new: tuple[int, ...]) -> tuple[Layout, list[int], list[int]]:
+def reshape(
+    layout: Layout, old: tuple[int, ...], new: tuple[int, ...]
+) -> tuple[Layout, list[int], list[int]]:
     """Layout after a view/reshape (row-major order is kept). Returns (layout, dropped, lost) where ``dropped``
     are axes of size 1 that no longer have a dim and ``lost`` axes whose index cannot be read from a single dim
     any more (a spatial dim split across dims)."""
@@ -96,4 +99,6 @@ def reshape(layout: Layout, old: tuple[int, ...], new: tuple[int, ...]) -> tuple
 def permute(layout: Layout, perm: list[int]) -> Layout:
     """Layout after ``permute(perm)``: new dim i is old dim perm[i]."""
     where = {old: new for new, old in enumerate(perm)}
-    return tuple(None if loc is None else Loc(where[loc.dim], loc.inner, loc.size, loc.plain) for loc in layout)
+    return tuple(
+        None if loc is None else Loc(where[loc.dim], loc.inner, loc.size, loc.plain) for loc in layout
+    )

@@ -17,7 +17,10 @@ def fmt_fraction(x: Fraction | None) -> str:
 
 def fmt_axes(values: list, sep: str = "×") -> str:
     """One value per spatial axis, collapsed when all axes agree."""
-    texts = [v if isinstance(v, str) else fmt_fraction(v) if isinstance(v, Fraction) or v is None else str(v) for v in values]
+    texts = [
+        v if isinstance(v, str) else fmt_fraction(v) if isinstance(v, Fraction) or v is None else str(v)
+        for v in values
+    ]
     return texts[0] if len(set(texts)) == 1 else sep.join(texts)
 
 
@@ -37,9 +40,16 @@ def outputs_table(report: RFReport) -> Table:
         cover = "-" if t.area_coverage is None else f"{t.area_coverage:.1%}"
         notes = "; ".join(t.notes + [a.note for a in t.axes if a.note])
         table.add_row(
-            t.name, "×".join(map(str, t.shape[1:])), rf_cell(t), fmt_axes([a.stride for a in t.axes]),
-            fmt_axes([a.padding for a in t.axes]), holes_cell(t), cover, "yes" if t.aligned else "no", notes,
-        )  # fmt: skip
+            t.name,
+            "×".join(map(str, t.shape[1:])),
+            rf_cell(t),
+            fmt_axes([a.stride for a in t.axes]),
+            fmt_axes([a.padding for a in t.axes]),
+            holes_cell(t),
+            cover,
+            "yes" if t.aligned else "no",
+            notes,
+        )
     return table
 
 
@@ -54,7 +64,13 @@ def layers_table(report: RFReport) -> Table:
             continue
         t = row.tensor
         table.add_row(
-            str(row.node), row.module or "<model>", row.op, "×".join(map(str, row.shape[1:])), rf_cell(t),
-            fmt_axes([a.stride for a in t.axes]), holes_cell(t), "yes" if t.aligned else "no",
-        )  # fmt: skip
+            str(row.node),
+            row.module or "<model>",
+            row.op,
+            "×".join(map(str, row.shape[1:])),
+            rf_cell(t),
+            fmt_axes([a.stride for a in t.axes]),
+            holes_cell(t),
+            "yes" if t.aligned else "no",
+        )
     return table

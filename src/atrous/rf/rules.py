@@ -13,10 +13,10 @@ periodic rule to the input range (reflect padding, PyTorch's own resampling arit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-import re
 from math import ceil, floor, gcd
 
 import numpy as np
@@ -132,7 +132,7 @@ def _dim(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
 
 
-def _per_dim(value, k: int) -> list:  # noqa: ANN001 - ints or lists from ATen schemas
+def _per_dim(value, k: int) -> list:
     if isinstance(value, (list, tuple)):
         value = list(value)
         return value * k if len(value) == 1 else value
@@ -168,7 +168,9 @@ def _channels_of(ctx: Ctx, t: TensorArg, out_shape: tuple, out_layout: Layout) -
     return MIX
 
 
-def _spatial_op(ctx: Ctx, k: int, rule_for_dim: Callable[[int, int, int], AxisRule], channels: Channels = SAME):
+def _spatial_op(
+    ctx: Ctx, k: int, rule_for_dim: Callable[[int, int, int], AxisRule], channels: Channels = SAME
+):
     """A per-axis op on the last ``k`` dims of the first input; every output gets the same effect."""
     x = ctx.call.inputs[0]
     if x.node is None:
@@ -210,7 +212,11 @@ def transposed_conv_rule(kernel: int, stride: int, padding: int, dilation: int) 
     ``v = q + (f + padding - dilation * j) / stride`` that are whole numbers."""
     phases = []
     for f in range(stride):
-        taps = [(f + padding - dilation * j) // stride for j in range(kernel) if (f + padding - dilation * j) % stride == 0]
+        taps = [
+            (f + padding - dilation * j) // stride
+            for j in range(kernel)
+            if (f + padding - dilation * j) % stride == 0
+        ]
         phases.append(Offsets.of(taps))
     return AxisRule(AxisMap(stride, 1, tuple(phases)).normalized())
 
@@ -221,7 +227,9 @@ def _convolution(ctx: Ctx) -> list[Effect]:
     weight = a["weight"]
     k = len(weight.shape) - 2
     kernel = weight.shape[2:]
-    stride, padding, dilation = (_per_dim(a.get(n, 1 if n != "padding" else 0), k) for n in ("stride", "padding", "dilation"))
+    stride, padding, dilation = (
+        _per_dim(a.get(n, 1 if n != "padding" else 0), k) for n in ("stride", "padding", "dilation")
+    )
     transposed = bool(a.get("transposed", False))
     groups = int(a.get("groups", 1))
 
@@ -239,10 +247,16 @@ def _rank(packet: str) -> int:
 
 
 @rule(
-    "aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d",
-    "aten.max_pool1d_with_indices", "aten.max_pool2d_with_indices", "aten.max_pool3d_with_indices",
-    "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
-)  # fmt: skip
+    "aten.max_pool1d",
+    "aten.max_pool2d",
+    "aten.max_pool3d",
+    "aten.max_pool1d_with_indices",
+    "aten.max_pool2d_with_indices",
+    "aten.max_pool3d_with_indices",
+    "aten.avg_pool1d",
+    "aten.avg_pool2d",
+    "aten.avg_pool3d",
+)
 def _pool(ctx: Ctx) -> list[Effect]:
     a = ctx.call.args
     k = _rank(ctx.call.packet)
@@ -251,7 +265,9 @@ def _pool(ctx: Ctx) -> list[Effect]:
     padding = _per_dim(a.get("padding", 0), k)
     dilation = _per_dim(a.get("dilation", 1), k)
     # ceil_mode only adds a last (partial) window: the index rule is unchanged and the finite pass clips it.
-    return _spatial_op(ctx, k, lambda i, n_in, n_out: conv_rule(kernel[i], stride[i], padding[i], dilation[i]))
+    return _spatial_op(
+        ctx, k, lambda i, n_in, n_out: conv_rule(kernel[i], stride[i], padding[i], dilation[i])
+    )
 
 
 def adaptive_rule(n_in: int, n_out: int) -> AxisRule:
@@ -260,13 +276,19 @@ def adaptive_rule(n_in: int, n_out: int) -> AxisRule:
         return GLOBAL_RULE
     g = gcd(n_in, n_out)
     ratio = Fraction(n_in // g, n_out // g)
-    return AxisRule(_windows_rule(lambda f: (floor(f * n_in / n_out), ceil((f + 1) * n_in / n_out) - 1), ratio))
+    return AxisRule(
+        _windows_rule(lambda f: (floor(f * n_in / n_out), ceil((f + 1) * n_in / n_out) - 1), ratio)
+    )
 
 
 @rule(
-    "aten._adaptive_avg_pool2d", "aten._adaptive_avg_pool3d", "aten.adaptive_avg_pool1d",
-    "aten.adaptive_max_pool1d", "aten.adaptive_max_pool2d", "aten.adaptive_max_pool3d",
-)  # fmt: skip
+    "aten._adaptive_avg_pool2d",
+    "aten._adaptive_avg_pool3d",
+    "aten.adaptive_avg_pool1d",
+    "aten.adaptive_max_pool1d",
+    "aten.adaptive_max_pool2d",
+    "aten.adaptive_max_pool3d",
+)
 def _adaptive_pool(ctx: Ctx) -> list[Effect]:
     k = _rank(ctx.call.packet)
     effects = _spatial_op(ctx, k, lambda i, n_in, n_out: adaptive_rule(n_in, n_out))
@@ -324,7 +346,9 @@ def _probe_interpolation(packet: str, k: int, i: int, args: dict) -> Callable[[i
 
     def finite(n_in: int, n_out: int) -> np.ndarray:
         op = getattr(torch.ops.aten, packet.split(".", 1)[1]).default
-        eye = torch.eye(n_in, dtype=torch.float64).reshape([1, n_in] + [n_in if j == i else 1 for j in range(k)])
+        eye = torch.eye(n_in, dtype=torch.float64).reshape(
+            [1, n_in] + [n_in if j == i else 1 for j in range(k)]
+        )
         out_size = [n_out if j == i else 1 for j in range(k)]
         scales = _scales(args, k)
         align = [bool(args["align_corners"])] if "align_corners" in args else []
@@ -343,20 +367,32 @@ def _scales(args: dict, k: int) -> list[float | None]:
 
 
 @rule(
-    "aten.upsample_nearest1d", "aten.upsample_nearest2d", "aten.upsample_nearest3d",
-    "aten._upsample_nearest_exact1d", "aten._upsample_nearest_exact2d", "aten._upsample_nearest_exact3d",
-    "aten.upsample_linear1d", "aten.upsample_bilinear2d", "aten.upsample_trilinear3d",
+    "aten.upsample_nearest1d",
+    "aten.upsample_nearest2d",
+    "aten.upsample_nearest3d",
+    "aten._upsample_nearest_exact1d",
+    "aten._upsample_nearest_exact2d",
+    "aten._upsample_nearest_exact3d",
+    "aten.upsample_linear1d",
+    "aten.upsample_bilinear2d",
+    "aten.upsample_trilinear3d",
     "aten.upsample_bicubic2d",
-)  # fmt: skip
+)
 def _interpolate(ctx: Ctx) -> list[Effect]:
     packet, args = ctx.call.packet, ctx.call.args
     k = _rank(packet)
     mode = (
-        "nearest-exact" if "exact" in packet else "nearest" if "nearest" in packet
-        else "cubic" if "bicubic" in packet else "linear"
-    )  # fmt: skip
+        "nearest-exact"
+        if "exact" in packet
+        else "nearest"
+        if "nearest" in packet
+        else "cubic"
+        if "bicubic" in packet
+        else "linear"
+    )
     align = bool(args.get("align_corners") or False)
     scales = _scales(args, k)
+
     def per_dim(i: int, n_in: int, n_out: int) -> AxisRule:
         periodic = interpolation_rule(mode, n_in, n_out, scales[i], align)
         return AxisRule(periodic, _probe_interpolation(packet, k, i, args))
@@ -436,16 +472,28 @@ def _constant_pad(ctx: Ctx) -> list[Effect]:
 
 
 @rule(
-    "aten.reflection_pad1d", "aten.reflection_pad2d", "aten.reflection_pad3d",
-    "aten.replication_pad1d", "aten.replication_pad2d", "aten.replication_pad3d",
+    "aten.reflection_pad1d",
+    "aten.reflection_pad2d",
+    "aten.reflection_pad3d",
+    "aten.replication_pad1d",
+    "aten.replication_pad2d",
+    "aten.replication_pad3d",
     "aten._pad_circular",
-)  # fmt: skip
+)
 def _border_pad(ctx: Ctx) -> list[Effect]:
-    how = "reflect" if "reflection" in ctx.call.packet else "replicate" if "replication" in ctx.call.packet else "circular"
+    how = (
+        "reflect"
+        if "reflection" in ctx.call.packet
+        else "replicate"
+        if "replication" in ctx.call.packet
+        else "circular"
+    )
     return _pad_effect(ctx, list(ctx.call.args.get("padding") or ctx.call.args.get("pad")), how)
 
 
-def _slice_effect(ctx: Ctx, x: TensorArg, dim: int, start: int, step: int, out_shape: tuple, drop: bool) -> Effect:
+def _slice_effect(
+    ctx: Ctx, x: TensorArg, dim: int, start: int, step: int, out_shape: tuple, drop: bool
+) -> Effect:
     """Output index j along ``dim`` reads input index ``start + j * step`` (``drop``: the dim disappears)."""
     layout = ctx.layout(x)
     try:
@@ -455,12 +503,15 @@ def _slice_effect(ctx: Ctx, x: TensorArg, dim: int, start: int, step: int, out_s
     rules: dict[int, AxisRule] = {}
     channels = SAME
     if axis is not None:
-        rules[axis] = AxisRule(AxisMap.constant(Offsets.of([start])) if drop else AxisMap.affine(step, Offsets.of([start])))
+        rules[axis] = AxisRule(
+            AxisMap.constant(Offsets.of([start])) if drop else AxisMap.affine(step, Offsets.of([start]))
+        )
     elif dim == L.channel_dim(layout, x.shape):
         channels = Channels("slice", start, step)
     if drop:
         new_layout = tuple(
-            None if loc is None or loc.dim == dim else replace(loc, dim=loc.dim - (loc.dim > dim)) for loc in layout
+            None if loc is None or loc.dim == dim else replace(loc, dim=loc.dim - (loc.dim > dim))
+            for loc in layout
         )
         if dim <= 1 and channels.kind == "same":
             channels = MIX
@@ -500,7 +551,9 @@ def _select(ctx: Ctx) -> list[Effect]:
     return [_slice_effect(ctx, x, dim, index, 1, ctx.out_shapes[0], drop=True)]
 
 
-@rule("aten.split", "aten.split_with_sizes", "aten.unsafe_split", "aten.unsafe_split_with_sizes", "aten.unbind")
+@rule(
+    "aten.split", "aten.split_with_sizes", "aten.unsafe_split", "aten.unsafe_split_with_sizes", "aten.unbind"
+)
 def _split(ctx: Ctx) -> list[Effect]:
     a, x = ctx.call.args, ctx.call.inputs[0]
     dim = _dim(a.get("dim", 0), len(x.shape))
@@ -543,7 +596,9 @@ def _stack(ctx: Ctx) -> list[Effect]:
     for t in tensors:
         if t.node is None:
             continue
-        shifted = tuple(None if loc is None else replace(loc, dim=loc.dim + (loc.dim >= dim)) for loc in ctx.layout(t))
+        shifted = tuple(
+            None if loc is None else replace(loc, dim=loc.dim + (loc.dim >= dim)) for loc in ctx.layout(t)
+        )
         layout = layout or shifted
         deps.append(Dep(t, {}, MIX if dim <= 1 else SAME))
     return [Effect(L.with_sizes(layout, out_shape), deps)]
@@ -589,9 +644,17 @@ def _roll(ctx: Ctx) -> list[Effect]:
 
 
 @rule(
-    "aten.view", "aten._unsafe_view", "aten.reshape", "aten._reshape_alias", "aten.squeeze", "aten.unsqueeze",
-    "aten.flatten", "aten.unflatten", "aten.view_as", "aten.reshape_as",
-)  # fmt: skip
+    "aten.view",
+    "aten._unsafe_view",
+    "aten.reshape",
+    "aten._reshape_alias",
+    "aten.squeeze",
+    "aten.unsqueeze",
+    "aten.flatten",
+    "aten.unflatten",
+    "aten.view_as",
+    "aten.reshape_as",
+)
 def _reshape(ctx: Ctx) -> list[Effect]:
     x = ctx.call.inputs[0]
     out_shape = ctx.out_shapes[0]
@@ -601,11 +664,16 @@ def _reshape(ctx: Ctx) -> list[Effect]:
     names = AXIS_NAMES.get(len(layout), ("?",) * 3)
     for a in lost:
         rules[a] = GLOBAL_RULE
-        notes.append(f"global: the view at {ctx.where} splits axis {names[a]} across dims, so its index is lost")
+        notes.append(
+            f"global: the view at {ctx.where} splits axis {names[a]} across dims, so its index is lost"
+        )
     same_channels = (
-        len(x.shape) >= 2 and len(out_shape) >= 2 and x.shape[:2] == tuple(out_shape[:2])
-        and L.channel_dim(ctx.layout(x), x.shape) is not None and L.channel_dim(layout, out_shape) is not None
-    )  # fmt: skip
+        len(x.shape) >= 2
+        and len(out_shape) >= 2
+        and x.shape[:2] == tuple(out_shape[:2])
+        and L.channel_dim(ctx.layout(x), x.shape) is not None
+        and L.channel_dim(layout, out_shape) is not None
+    )
     return [Effect(L.with_sizes(layout, out_shape), [Dep(x, rules, SAME if same_channels else MERGE)], notes)]
 
 
@@ -653,9 +721,19 @@ def _transpose(ctx: Ctx) -> list[Effect]:
 
 
 @rule(
-    "aten.alias", "aten.detach", "aten.clone", "aten._to_copy", "aten.lift_fresh", "aten.lift_fresh_copy",
-    "aten.contiguous", "aten.to", "aten._conj", "aten.dropout", "aten.feature_dropout", "aten.alpha_dropout",
-)  # fmt: skip
+    "aten.alias",
+    "aten.detach",
+    "aten.clone",
+    "aten._to_copy",
+    "aten.lift_fresh",
+    "aten.lift_fresh_copy",
+    "aten.contiguous",
+    "aten.to",
+    "aten._conj",
+    "aten.dropout",
+    "aten.feature_dropout",
+    "aten.alpha_dropout",
+)
 def _same(ctx: Ctx) -> list[Effect]:
     x = ctx.call.inputs[0]
     return [Effect(L.with_sizes(ctx.layout(x), ctx.out_shapes[0]), [Dep(x)])]
@@ -676,16 +754,35 @@ def _copy(ctx: Ctx) -> list[Effect]:
 
 
 @rule(
-    "aten.zero_", "aten.fill_", "aten.fill", "aten.zeros_like", "aten.ones_like", "aten.empty_like",
-    "aten.full_like", "aten.rand_like", "aten.randn_like", "aten.randint_like", "aten.new_zeros",
-    "aten.new_ones", "aten.new_empty", "aten.new_full", "aten.new_empty_strided", "aten.empty_strided",
-    "aten.bernoulli", "aten.bernoulli_", "aten.normal_", "aten.uniform_",
-)  # fmt: skip
+    "aten.zero_",
+    "aten.fill_",
+    "aten.fill",
+    "aten.zeros_like",
+    "aten.ones_like",
+    "aten.empty_like",
+    "aten.full_like",
+    "aten.rand_like",
+    "aten.randn_like",
+    "aten.randint_like",
+    "aten.new_zeros",
+    "aten.new_ones",
+    "aten.new_empty",
+    "aten.new_full",
+    "aten.new_empty_strided",
+    "aten.empty_strided",
+    "aten.bernoulli",
+    "aten.bernoulli_",
+    "aten.normal_",
+    "aten.uniform_",
+)
 def _no_dependence(ctx: Ctx) -> list[Effect]:
     """Values that do not depend on the input's values (only its shape), so they carry no receptive field."""
     x = ctx.tracked()[0]
     layout = ctx.layout(x)
-    return [Effect(L.with_sizes(layout, s) if len(s) == len(x.shape) else (None,) * len(layout), []) for s in ctx.out_shapes]
+    return [
+        Effect(L.with_sizes(layout, s) if len(s) == len(x.shape) else (None,) * len(layout), [])
+        for s in ctx.out_shapes
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -724,10 +821,20 @@ def _pointwise_over(ctx: Ctx, inputs: list[TensorArg]) -> list[Effect]:
 
 
 POINTWISE_EXTRA = {
-    "aten._prelu_kernel", "aten.hardswish", "aten.hardswish_", "aten.prelu", "aten.where", "aten.clamp_min",
-    "aten.clamp_max", "aten.masked_fill", "aten.masked_fill_", "aten.lerp", "aten.addcdiv", "aten.addcmul",
+    "aten._prelu_kernel",
+    "aten.hardswish",
+    "aten.hardswish_",
+    "aten.prelu",
+    "aten.where",
+    "aten.clamp_min",
+    "aten.clamp_max",
+    "aten.masked_fill",
+    "aten.masked_fill_",
+    "aten.lerp",
+    "aten.addcdiv",
+    "aten.addcmul",
     "aten._softmax_backward_data",
-}  # fmt: skip
+}
 
 
 def pointwise(ctx: Ctx) -> list[Effect]:
@@ -754,7 +861,9 @@ def _reduce(ctx: Ctx, dims: list[int] | None, keepdim: bool, what: str) -> list[
         new = tuple(None if loc is None else Loc(loc.dim, 1, 1) if loc.dim in dims else loc for loc in layout)
     else:
         new = tuple(
-            None if loc is None or loc.dim in dims else replace(loc, dim=loc.dim - sum(d < loc.dim for d in dims))
+            None
+            if loc is None or loc.dim in dims
+            else replace(loc, dim=loc.dim - sum(d < loc.dim for d in dims))
             for loc in layout
         )
         if 0 in dims or 1 in dims:
@@ -764,10 +873,28 @@ def _reduce(ctx: Ctx, dims: list[int] | None, keepdim: bool, what: str) -> list[
 
 
 @rule(
-    "aten.mean", "aten.sum", "aten.amax", "aten.amin", "aten.max", "aten.min", "aten.argmax", "aten.argmin",
-    "aten.var", "aten.std", "aten.var_mean", "aten.std_mean", "aten.logsumexp", "aten.linalg_vector_norm",
-    "aten.norm", "aten.prod", "aten.all", "aten.any", "aten.nansum", "aten.median", "aten.mode",
-)  # fmt: skip
+    "aten.mean",
+    "aten.sum",
+    "aten.amax",
+    "aten.amin",
+    "aten.max",
+    "aten.min",
+    "aten.argmax",
+    "aten.argmin",
+    "aten.var",
+    "aten.std",
+    "aten.var_mean",
+    "aten.std_mean",
+    "aten.logsumexp",
+    "aten.linalg_vector_norm",
+    "aten.norm",
+    "aten.prod",
+    "aten.all",
+    "aten.any",
+    "aten.nansum",
+    "aten.median",
+    "aten.mode",
+)
 def _reduction(ctx: Ctx) -> list[Effect]:
     a = ctx.call.args
     if len(ctx.tracked()) > 1 and ctx.call.packet in ("aten.max", "aten.min"):
@@ -778,8 +905,19 @@ def _reduction(ctx: Ctx) -> list[Effect]:
     return _reduce(ctx, dims, bool(a.get("keepdim", False)), ctx.call.packet.split(".")[1])
 
 
-@rule("aten._softmax", "aten._log_softmax", "aten.softmax", "aten.log_softmax", "aten.cumsum", "aten.cumprod",
-      "aten.logcumsumexp", "aten.sort", "aten.topk", "aten.cummax", "aten.cummin")  # fmt: skip
+@rule(
+    "aten._softmax",
+    "aten._log_softmax",
+    "aten.softmax",
+    "aten.log_softmax",
+    "aten.cumsum",
+    "aten.cumprod",
+    "aten.logcumsumexp",
+    "aten.sort",
+    "aten.topk",
+    "aten.cummax",
+    "aten.cummin",
+)
 def _along_dim(ctx: Ctx) -> list[Effect]:
     """Ops where each output reads a whole line of the input along ``dim``."""
     x = ctx.call.inputs[0]
@@ -811,7 +949,9 @@ def _statistics_effect(ctx: Ctx, global_: bool, why: str, channels: Channels) ->
     layout = ctx.layout(x)
     rules = {a: GLOBAL_RULE for a, loc in enumerate(layout) if loc is not None} if global_ else {}
     notes = [f"global: {why} ({ctx.where})"] if global_ else []
-    deps = [Dep(x, rules, channels)] + [_whole(t, ctx.layout(t)) for t in ctx.call.inputs[1:] if t.node is not None]
+    deps = [Dep(x, rules, channels)] + [
+        _whole(t, ctx.layout(t)) for t in ctx.call.inputs[1:] if t.node is not None
+    ]
     effects = [Effect(L.with_sizes(layout, ctx.out_shapes[0]), deps, notes)]
     for shape in ctx.out_shapes[1:]:
         empty = any(n == 0 for n in shape)
@@ -819,9 +959,16 @@ def _statistics_effect(ctx: Ctx, global_: bool, why: str, channels: Channels) ->
     return effects
 
 
-@rule("aten.native_batch_norm", "aten._native_batch_norm_legit", "aten._native_batch_norm_legit_no_training",
-      "aten.cudnn_batch_norm", "aten.miopen_batch_norm", "aten._batch_norm_with_update",
-      "aten._batch_norm_no_update", "aten.batch_norm")  # fmt: skip
+@rule(
+    "aten.native_batch_norm",
+    "aten._native_batch_norm_legit",
+    "aten._native_batch_norm_legit_no_training",
+    "aten.cudnn_batch_norm",
+    "aten.miopen_batch_norm",
+    "aten._batch_norm_with_update",
+    "aten._batch_norm_no_update",
+    "aten.batch_norm",
+)
 def _batch_norm(ctx: Ctx) -> list[Effect]:
     packet = ctx.call.packet
     if packet in ("aten._native_batch_norm_legit_no_training", "aten._batch_norm_no_update"):
@@ -842,7 +989,9 @@ def _batch_norm(ctx: Ctx) -> list[Effect]:
 def _group_norm(ctx: Ctx) -> list[Effect]:
     groups = int(ctx.call.args["group"])
     channels = SAME if ctx.options.ignore_statistics else Channels("groups", groups) if groups > 1 else MIX
-    return _statistics_effect(ctx, not ctx.options.ignore_statistics, "GroupNorm statistics over each sample", channels)
+    return _statistics_effect(
+        ctx, not ctx.options.ignore_statistics, "GroupNorm statistics over each sample", channels
+    )
 
 
 @rule("aten.native_layer_norm")
@@ -857,9 +1006,20 @@ def _layer_norm(ctx: Ctx) -> list[Effect]:
     if ctx.options.ignore_statistics:
         spatial = []
     rules = dict.fromkeys(spatial, GLOBAL_RULE)
-    notes = [f"global: LayerNorm statistics over {', '.join(names[a] for a in spatial)} ({ctx.where})"] if spatial else []
-    channels = MIX if (channel in dims or any(d not in L.dims_with_axes(layout) for d in dims)) and not ctx.options.ignore_statistics else SAME
-    deps = [Dep(x, rules, channels)] + [_whole(t, ctx.layout(t)) for t in ctx.call.inputs[1:] if t.node is not None]
+    notes = (
+        [f"global: LayerNorm statistics over {', '.join(names[a] for a in spatial)} ({ctx.where})"]
+        if spatial
+        else []
+    )
+    channels = (
+        MIX
+        if (channel in dims or any(d not in L.dims_with_axes(layout) for d in dims))
+        and not ctx.options.ignore_statistics
+        else SAME
+    )
+    deps = [Dep(x, rules, channels)] + [
+        _whole(t, ctx.layout(t)) for t in ctx.call.inputs[1:] if t.node is not None
+    ]
     effects = [Effect(L.with_sizes(layout, ctx.out_shapes[0]), deps, notes)]
     effects += [Effect((None,) * len(layout), [_read_all(x, layout)]) for _ in ctx.out_shapes[1:]]
     return effects
@@ -889,13 +1049,19 @@ def _matmul_effect(ctx: Ctx, left: TensorArg, right: TensorArg, bias: TensorArg 
                 continue
             if loc.dim == contracted:
                 rules[axis] = GLOBAL_RULE
+                notes.append(
+                    f"global: {names[axis]} is summed over by a matrix product, e.g. a Linear layer on "
+                    f"flattened features ({ctx.where})"
+                )
                 continue
             d = kept_out if loc.dim == kept_in else loc.dim + (n - nd)
             if layout[axis] is not None and layout[axis].dim != d:
                 # Attention scores: the same axis indexes queries (rows) and keys (columns).
                 rules[axis] = GLOBAL_RULE
-                notes.append(f"global: key positions along {names[axis]} in a product of two position-indexed "
-                             f"tensors ({ctx.where})")
+                notes.append(
+                    f"global: key positions along {names[axis]} in a product of two position-indexed "
+                    f"tensors ({ctx.where})"
+                )
                 continue
             layout[axis] = replace(loc, dim=d)
         deps.append(Dep(t, rules, MIX))

@@ -88,11 +88,19 @@ class ScheduleCheck:
 
     def to_json(self) -> dict:
         return {
-            "rates": list(self.rates), "kernel": self.kernel, "rf": self.rf, "holes": list(self.holes),
-            "hole_free": self.hole_free, "coverage": round(self.coverage, 6),
-            "hdc": {"m": list(self.hdc.m), "passes_rule": self.hdc.passes_rule,
-                    "first_rate_is_one": self.hdc.first_rate_is_one, "verdict": self.hdc.verdict},
-        }  # fmt: skip
+            "rates": list(self.rates),
+            "kernel": self.kernel,
+            "rf": self.rf,
+            "holes": list(self.holes),
+            "hole_free": self.hole_free,
+            "coverage": round(self.coverage, 6),
+            "hdc": {
+                "m": list(self.hdc.m),
+                "passes_rule": self.hdc.passes_rule,
+                "first_rate_is_one": self.hdc.first_rate_is_one,
+                "verdict": self.hdc.verdict,
+            },
+        }
 
 
 def check(rates: Sequence[int], kernel: int = 3) -> ScheduleCheck:

@@ -78,9 +78,14 @@ class Offsets:
             bits ^= low
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Offsets) and not other.is_global and (self.lo, self.bits) == (
-            other.lo,
-            other.bits,
+        return (
+            isinstance(other, Offsets)
+            and not other.is_global
+            and (self.lo, self.bits)
+            == (
+                other.lo,
+                other.bits,
+            )
         )
 
     def __hash__(self) -> int:

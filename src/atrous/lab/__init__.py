@@ -1,0 +1,1 @@
+"""``atrous lab``: the exercises, run and reported from data generated in the run."""
