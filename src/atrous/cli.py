@@ -54,7 +54,7 @@ def cmd_rf(args: argparse.Namespace) -> int:
             "box": [[int(i[0]), int(i[-1])] if len(i) else None for i in idx],
         }
     if args.json:
-        data = report.to_json(layers=args.layers)
+        data = report.to_json()
         if support is not None:
             data["support_at"] = support
         print(json.dumps(data, indent=2))
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="zoo spec (convstack:rates=1,2,5) or import path package.module:factory")
     p.add_argument("--input", required=True, help="input shape C,H,W (batch excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--layers", action="store_true", help="also show the RF after every layer")
+    p.add_argument("--layers", action="store_true", help="also show the RF after every layer (JSON always has them)")
     p.add_argument(
         "--train-view", action="store_true", help="BatchNorm with batch statistics (RF becomes global)"
     )

@@ -618,7 +618,7 @@ class RFReport:
                 grid |= reduce(np.multiply.outer, rows).astype(bool) if len(rows) > 1 else rows[0]
         return grid
 
-    def to_json(self, layers: bool = False) -> dict:
+    def to_json(self, layers: bool = True) -> dict:
         data: dict[str, Any] = {
             "input": list(self.input_shape),
             "mode": "train-view" if self.options.train_batchnorm else "eval",
