@@ -70,7 +70,7 @@ def test_user_factory_by_import_path(
     [
         (["rf", "convstak", "--input", "3,8,8"], "did you mean 'convstack'"),
         (["rf", "convstack", "--input", "3,x"], "--input '3,x' must be comma-separated integers"),
-        (["rf", "convstack", "--input", "1,16,16"], "expects 3 input channels but gets 1"),
+        (["rf", "convstack", "--input", "1,16,16"], "built for 3 input channels but got 1"),
         (["rf", "convstack:width=8,depth=2", "--input", "3,8,8"], "has no argument 'depth'"),
         (["rf", "nowhere.pkg:make", "--input", "3,8,8"], "cannot import 'nowhere.pkg'"),
         (["rf", "convstack", "--input", "3,16,16", "--at", "99,0"], "outside output"),
@@ -101,3 +101,16 @@ def test_console_entry_point_runs_as_a_module() -> None:
         check=True,
     )
     assert json.loads(proc.stdout)["outputs"][0]["rf"] == [7, 7]
+
+
+def test_models_json_for_one_spec(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run(capsys, "models", "convstack:preset=gridded", "--input", "3,32,32", "--json")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["rf"] == [13, 13] and row["holes"] == [6, 6] and row["output_stride"] == 1
+    assert row["params"] == 3 * 9 * 64 + 2 * 9 * 64 * 64 + 64 * 2 + 2 + 3 * 64 * 2  # convs, head, BatchNorms
+
+
+def test_models_rejects_an_input_below_the_minimum(capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run(capsys, "models", "unet", "--input", "3,16,16")
+    assert code == 2 and "needs H and W >= 32" in err

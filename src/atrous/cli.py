@@ -70,6 +70,36 @@ def cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from atrous.models.summary import summarize
+
+    shape = parse_ints(args.input, "--input")
+    names = [args.name] if args.name else None
+    rows = summarize(shape, names)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"atrous zoo (FLOPs and RF at input {','.join(map(str, shape))})")
+    for col in ("name", "task", "params", "GFLOPs", "RF", "out stride", "min size", "summary"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        rf = "global" if r["rf_global"] else "×".join(map(str, sorted(set(r["rf"]))))
+        table.add_row(
+            r["name"],
+            r["task"],
+            f"{r['params']:,}",
+            f"{r['flops'] / 1e9:.3f}",
+            rf,
+            str(r["output_stride"]),
+            str(r["min_size"]),
+            r["summary"],
+        )
+    console.print(table)
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from atrous.rf import schedule
 
@@ -124,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="zoo spec (convstack:rates=1,2,5) or import path package.module:factory")
     p.add_argument("--input", required=True, help="input shape C,H,W (batch excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--layers", action="store_true", help="also show the RF after every layer (JSON always has them)")
+    p.add_argument(
+        "--layers", action="store_true", help="also show the RF after every layer (JSON always has them)"
+    )
     p.add_argument(
         "--train-view", action="store_true", help="BatchNorm with batch statistics (RF becomes global)"
     )
@@ -132,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="also give the exact in-image support of this output pixel, e.g. 16,16")
     p.add_argument("--output", help="which model output --at refers to (default: the first)")
     p.set_defaults(func=cmd_rf)
+
+    p = sub.add_parser("models", help="list the zoo: parameters, FLOPs, receptive field, output stride")
+    p.add_argument("name", nargs="?", help="one model spec (default: every registered name)")
+    p.add_argument("--input", default="3,64,64", help="input shape C,H,W for FLOPs and RF (default 3,64,64)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("schedule", help="check a dilation schedule for holes, or suggest hole-free ones")
     p.add_argument("rates", nargs="?", help="comma-separated rates, e.g. 1,2,5")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from atrous.errors import ModelError
+from atrous.models.base import Segmenter
 
 PRESETS: dict[str, tuple[int, tuple[int, ...]]] = {
     "standard": (3, (1, 1, 1)),
@@ -31,7 +32,7 @@ def norm_layer(kind: str | None, channels: int) -> nn.Module:
     raise ModelError(f"unknown norm {kind!r}; use batch, group or none")
 
 
-class ConvStack(nn.Module):
+class ConvStack(Segmenter):
     """``len(rates)`` convolutions (kernel ``k``, dilation ``r``, 'same' padding) with optional norm and ReLU,
     then a 1x1 classifier when ``num_classes`` is given (logits out)."""
 
@@ -46,6 +47,7 @@ class ConvStack(nn.Module):
         bias: bool | None = None,
     ) -> None:
         super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes or width
         if kernel < 1 or kernel % 2 == 0:
             raise ModelError(
                 f"convstack kernel must be odd and >= 1 (symmetric 'same' padding), got {kernel}"
@@ -67,6 +69,7 @@ class ConvStack(nn.Module):
         self.head = nn.Conv2d(width, num_classes, 1) if num_classes else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         x = self.body(x)
         return self.head(x) if self.head is not None else x
 

@@ -27,20 +27,20 @@ class ModelInfo:
     name: str
     factory: Callable[..., nn.Module]
     summary: str
-    min_size: int  # smallest input height/width the model accepts with its defaults
+    task: str  # "segmentation" (logits at the input's size) or "backbone" (features of the last stage)
+    defaults: dict[str, Any]
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register(name: str, summary: str, min_size: int = 1) -> Callable:
-    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelInfo(name, factory, summary, min_size)
-        return factory
-
-    return add
+def register(
+    name: str, factory: Callable[..., nn.Module], summary: str, task: str = "segmentation", **defaults: Any
+) -> None:
+    """Register ``factory`` under ``name``; ``defaults`` are keyword arguments this name presets."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} registered twice")
+    _REGISTRY[name] = ModelInfo(name, factory, summary, task, defaults)
 
 
 def _load_zoo() -> None:
@@ -93,7 +93,7 @@ def create_model(spec: str, **kwargs: Any) -> nn.Module:
     """Build a zoo model from ``"name"`` or ``"name:key=value,..."``; keyword arguments override the spec."""
     name, rest = split_spec(spec)
     info = model_info(name)
-    merged = {**parse_kwargs(rest, f"model spec {spec!r}"), **kwargs}
+    merged = {**info.defaults, **parse_kwargs(rest, f"model spec {spec!r}"), **kwargs}
     merged = _coerce(info.factory, name, merged)
     try:
         return info.factory(**merged)

@@ -75,7 +75,8 @@ class Bottleneck(nn.Module):
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride, groups, dilation)
+        d = first_dilation if first_dilation is not None else dilation  # the block's only 3x3 conv
+        self.conv2 = conv3x3(width, width, stride, groups, d)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -102,7 +103,8 @@ def dilation_flags(output_stride: int) -> list[bool]:
 class ResNet(nn.Module):
     """torchvision's ResNet layout (conv1, bn1, relu, maxpool, layer1-4, avgpool, fc).
 
-    ``forward`` classifies; :meth:`features` returns the stage outputs used by segmentation heads.
+    ``forward`` classifies; :meth:`features` returns the stage outputs used by segmentation heads. With
+    ``num_classes=None`` there is no avgpool/fc, matching the backbone inside torchvision's DeepLabV3.
     ``widths`` scales the four stages (torchvision: 64, 128, 256, 512); ``multi_grid`` multiplies the
     dilation of each block of layer4 (DeepLabv3's multi-grid, e.g. (1, 2, 4)).
     """
@@ -111,7 +113,7 @@ class ResNet(nn.Module):
         self,
         block: type[BasicBlock] | type[Bottleneck],
         layers: Sequence[int],
-        num_classes: int = 1000,
+        num_classes: int | None = 1000,
         output_stride: int = 32,
         widths: Sequence[int] = (64, 128, 256, 512),
         in_channels: int = 3,
@@ -136,9 +138,12 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, widths[1], layers[1], 2, dilate[0])
         self.layer3 = self._make_layer(block, widths[2], layers[2], 2, dilate[1])
         self.layer4 = self._make_layer(block, widths[3], layers[3], 2, dilate[2], multi_grid)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
+        if num_classes is not None:  # a segmentation backbone has no classifier (as torchvision's DeepLab)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
         self.channels = [w * block.expansion for w in widths]  # per stage, for heads
+        self.in_channels = in_channels
+        self.min_size = 2 * output_stride  # BatchNorm in training needs >= 2 values per channel at batch 1
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -168,10 +173,13 @@ class ResNet(nn.Module):
         if multi_grid is not None and len(multi_grid) != blocks:
             raise ModelError(f"multi_grid {tuple(multi_grid)} needs one rate per block of layer4 ({blocks})")
         rates = [self.dilation * g for g in multi_grid] if multi_grid else [self.dilation] * blocks
-        # torchvision: the first block of a dilated stage keeps the previous dilation (unless multi-grid).
+        # torchvision: the first 3x3 conv of a dilated stage keeps the previous dilation (unless multi-grid);
+        # a basic block's second conv already runs at the stage's dilation.
         first = rates[0] if multi_grid else previous
         extra = {"groups": self.groups, "base_width": self.base_width}
-        layers = [block(self.inplanes, planes, stride, downsample, dilation=first, **extra)]
+        layers = [
+            block(self.inplanes, planes, stride, downsample, dilation=rates[0], first_dilation=first, **extra)
+        ]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, dilation=rates[i], **extra) for i in range(1, blocks)]
         return nn.Sequential(*layers)
@@ -187,6 +195,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)[-1]
+        if not hasattr(self, "fc"):
+            return x  # a backbone: the last stage's features
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
@@ -220,3 +230,21 @@ def resnet_small(**kwargs: object) -> ResNet:
     """A narrow ResNet for small images: basic blocks, one per stage, widths 16-128."""
     kwargs.setdefault("widths", (16, 32, 64, 128))
     return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
+
+
+def resnet_backbone(
+    depth: int = 50,
+    output_stride: int = 32,
+    in_channels: int = 3,
+    multi_grid: Sequence[int] | None = None,
+    num_classes: int | None = None,
+) -> ResNet:
+    """A zoo backbone: returns layer4 features (``num_classes`` adds torchvision's classifier); depth 0 is
+    the small ResNet."""
+    kwargs = {
+        "output_stride": output_stride,
+        "in_channels": in_channels,
+        "multi_grid": multi_grid,
+        "num_classes": num_classes,
+    }
+    return resnet_small(**kwargs) if depth == 0 else resnet(depth, **kwargs)

@@ -1,0 +1,106 @@
+"""The context module of Yu & Koltun (2016), "Multi-scale context aggregation by dilated convolutions".
+
+Seven 3x3 layers with dilation 1, 1, 2, 4, 8, 16, 1, each followed by ReLU, then a 1x1 layer; C channels in
+and out (C = number of classes: it refines class-score maps). The basic variant keeps C channels throughout;
+the large one widens to 2C, 2C, 4C, 8C, 16C, 32C, 32C. Identity initialisation is what makes it train: a
+freshly built basic module passes non-negative input (what the ReLUs let through) unchanged; the large one does
+up to the small noise the paper adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from atrous.errors import ModelError
+from atrous.models.base import Segmenter
+from atrous.models.blocks import ConvStack
+
+RATES = (1, 1, 2, 4, 8, 16, 1)
+LARGE_MULTIPLIERS = (2, 2, 4, 8, 16, 32, 32)
+
+
+class ContextModule(nn.Module):
+    def __init__(self, channels: int, variant: str = "basic", noise: float = 1e-2, seed: int = 0) -> None:
+        super().__init__()
+        if variant not in ("basic", "large"):
+            raise ModelError(f"unknown context module variant {variant!r}; use basic or large")
+        widths = [channels] * 7 if variant == "basic" else [m * channels for m in LARGE_MULTIPLIERS]
+        layers: list[nn.Module] = []
+        cin = channels
+        for rate, cout in zip(RATES, widths):
+            layers += [nn.Conv2d(cin, cout, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True)]
+            cin = cout
+        layers.append(nn.Conv2d(cin, channels, 1))
+        self.layers = nn.Sequential(*layers)
+        self.channels, self.variant = channels, variant
+        self.identity_init(noise if variant == "large" else 0.0, seed)
+
+    @torch.no_grad()
+    def identity_init(self, noise: float = 0.0, seed: int = 0) -> None:
+        """``k(t, a -> b) = C / c_out`` at the centre tap when ``floor(a C / c_in) == floor(b C / c_out)``,
+        else ``N(0, (noise * C / c_out)^2)``; biases zero. With equal widths this is the identity."""
+        gen = torch.Generator().manual_seed(seed)
+        C = self.channels
+        for conv in (m for m in self.layers if isinstance(m, nn.Conv2d)):
+            c_out, c_in, kh, kw = conv.weight.shape
+            scale = C / c_out
+            weight = torch.randn(conv.weight.shape, generator=gen) * (noise * scale)
+            a = torch.arange(c_in) * C // c_in
+            b = torch.arange(c_out) * C // c_out
+            same = b[:, None] == a[None, :]
+            weight[:, :, kh // 2, kw // 2] = torch.where(
+                same, torch.full_like(weight[:, :, 0, 0], scale), weight[:, :, kh // 2, kw // 2]
+            )
+            conv.weight.copy_(weight)
+            conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ContextNet(Segmenter):
+    """Stand-alone: a small conv front end producing class scores, refined by the context module."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        variant: str = "basic",
+        front_width: int = 32,
+        front_rates: Sequence[int] = (1, 1, 1),
+        norm: str | None = "batch",
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.front = ConvStack(in_channels, num_classes, front_width, 3, front_rates, norm)
+        self.context = ContextModule(num_classes, variant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.context(self.front(x))
+
+
+class ContextHead(nn.Sequential):
+    """The context module as a head on any backbone: 1x1 conv to class scores, then the module."""
+
+    def __init__(self, in_channels: int, num_classes: int, variant: str = "basic") -> None:
+        super().__init__(nn.Conv2d(in_channels, num_classes, 1), ContextModule(num_classes, variant))
+
+
+def context_on_backbone(
+    backbone: str = "resnet18",
+    num_classes: int = 2,
+    in_channels: int = 3,
+    output_stride: int = 8,
+    variant: str = "basic",
+) -> Segmenter:
+    """The context module as a head on a dilated ResNet (as Yu & Koltun put it on a dilated VGG)."""
+    from atrous.models.deeplab import BackboneSegmenter, build_backbone
+
+    body = build_backbone(backbone, output_stride, in_channels, None)
+    return BackboneSegmenter(
+        body, ContextHead(body.channels[3], num_classes, variant), None, num_classes, in_channels
+    )

@@ -1,0 +1,285 @@
+"""DeepLabv3 and DeepLabv3+ on dilated ResNets, with torchvision's module and parameter names.
+
+``deeplabv3_resnet50(num_classes=21, aux_loss=True)`` has the same state_dict keys and parameter count
+(42,004,074) as torchvision's, so a state_dict saved from torchvision loads strictly
+(:func:`load_torchvision_weights`) and gives the same outputs. Differences that torchvision users hit:
+
+* ASPP rates follow the output stride (6, 12, 18 at 16; doubled at 8) unless given explicitly.
+* The image-pooling branch trains at batch 1: its BatchNorm normalises a single value per channel there, which
+  crashes in torchvision, smp and mmseg; ours uses the running statistics in that one case.
+* Logits are resized to the input's exact size, odd sizes included.
+* ``forward`` returns the main logits (a tensor); ``forward_aux`` returns (main, aux) for training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atrous.errors import ModelError
+from atrous.models.base import Segmenter, resize_to
+from atrous.models.resnet import ResNet, resnet, resnet_small
+
+
+def aspp_rates(output_stride: int) -> tuple[int, ...]:
+    """DeepLabv3's rates (6, 12, 18) at output stride 16, scaled with the stride (a known bug elsewhere is
+    using 12, 24, 36 at stride 16)."""
+    if output_stride not in (8, 16, 32):
+        raise ModelError(f"output_stride={output_stride} is not supported; use 8, 16 or 32")
+    return tuple(r * 16 // output_stride for r in (6, 12, 18))
+
+
+class PoolingBatchNorm(nn.BatchNorm2d):
+    """BatchNorm for the 1x1 pooled branch: with a single value per channel (batch 1) batch statistics are
+    undefined, so the running statistics are used for that step (and not updated)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
+class ASPPConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int, rate: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=rate, dilation=rate, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        )
+
+
+class ASPPPooling(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), PoolingBatchNorm(cout), nn.ReLU()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        for module in self:
+            x = module(x)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    """1x1 branch, one 3x3 branch per rate, optional image pooling; concat -> 1x1 -> BN -> ReLU -> dropout."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        rates: Sequence[int],
+        out_channels: int = 256,
+        image_pooling: bool = True,
+        conv1x1: bool = True,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        branches: list[nn.Module] = []
+        if conv1x1:
+            branches.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(),
+                )
+            )
+        branches += [ASPPConv(in_channels, out_channels, int(r)) for r in rates]
+        if image_pooling:
+            branches.append(ASPPPooling(in_channels, out_channels))
+        if not branches:
+            raise ModelError("an ASPP needs at least one branch (rates, the 1x1 conv or image pooling)")
+        self.convs = nn.ModuleList(branches)
+        self.project = nn.Sequential(
+            nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.rates, self.image_pooling = tuple(int(r) for r in rates), image_pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+
+
+class DeepLabHead(nn.Sequential):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        rates: Sequence[int],
+        channels: int = 256,
+        image_pooling: bool = True,
+        conv1x1: bool = True,
+    ) -> None:
+        super().__init__(
+            ASPP(in_channels, rates, channels, image_pooling, conv1x1),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+class FCNHead(nn.Sequential):
+    """torchvision's auxiliary head (on layer3)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        inter = in_channels // 4
+        super().__init__(
+            nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
+            nn.BatchNorm2d(inter),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Conv2d(inter, num_classes, 1),
+        )
+
+
+def build_backbone(
+    name: str, output_stride: int, in_channels: int, multi_grid: Sequence[int] | None
+) -> ResNet:
+    kwargs = {
+        "num_classes": None,
+        "output_stride": output_stride,
+        "in_channels": in_channels,
+        "multi_grid": multi_grid,
+    }
+    if name == "resnet_small":
+        return resnet_small(**kwargs)
+    depths = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+    if name not in depths:
+        raise ModelError(f"unknown backbone {name!r}; use one of resnet_small, {', '.join(depths)}")
+    return resnet(depths[name], **kwargs)
+
+
+class BackboneSegmenter(Segmenter):
+    """backbone (dilated ResNet) -> classifier head on the last stage -> logits resized to the input."""
+
+    def __init__(
+        self,
+        backbone: ResNet,
+        classifier: nn.Module,
+        aux_classifier: nn.Module | None,
+        num_classes: int,
+        in_channels: int,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.classifier, self.aux_classifier = backbone, classifier, aux_classifier
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.output_stride = backbone.output_stride
+        self.min_size = backbone.min_size
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.check_input(x)
+        feats = self.backbone.features(x)
+        out = resize_to(self.classify(feats), x.shape[2:])
+        aux = (
+            resize_to(self.aux_classifier(feats[2]), x.shape[2:]) if self.aux_classifier is not None else None
+        )
+        return out, aux
+
+    def classify(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(feats[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(x)[0]
+
+    def forward_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(main logits, auxiliary logits or None), both at the input's size."""
+        return self._heads(x)
+
+
+def deeplabv3(
+    backbone: str = "resnet50",
+    num_classes: int = 21,
+    in_channels: int = 3,
+    output_stride: int = 8,
+    rates: Sequence[int] | None = None,
+    aux_loss: bool = False,
+    aspp_channels: int = 256,
+    image_pooling: bool = True,
+    conv1x1: bool = True,
+    multi_grid: Sequence[int] | None = None,
+) -> BackboneSegmenter:
+    """DeepLabv3 (defaults as torchvision's deeplabv3_resnet50: output stride 8, ASPP rates 12, 24, 36)."""
+    body = build_backbone(backbone, output_stride, in_channels, multi_grid)
+    rates = tuple(rates) if rates is not None else aspp_rates(output_stride)
+    head = DeepLabHead(body.channels[3], num_classes, rates, aspp_channels, image_pooling, conv1x1)
+    aux = FCNHead(body.channels[2], num_classes) if aux_loss else None
+    return BackboneSegmenter(body, head, aux, num_classes, in_channels)
+
+
+class DeepLabV3Plus(BackboneSegmenter):
+    """DeepLabv3+: ASPP output upsampled to the stride-4 features (reduced to 48 channels), concatenated,
+    two 3x3 convs, 1x1 to classes."""
+
+    def __init__(
+        self, backbone: ResNet, aspp: ASPP, num_classes: int, in_channels: int, channels: int
+    ) -> None:
+        low = backbone.channels[0]
+        super().__init__(backbone, aspp, None, num_classes, in_channels)
+        self.reduce = nn.Sequential(nn.Conv2d(low, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+        self.decoder = nn.Sequential(
+            nn.Conv2d(channels + 48, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+    def classify(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        low = self.reduce(feats[0])
+        high = resize_to(self.classifier(feats[-1]), low.shape[2:])
+        return self.decoder(torch.cat([high, low], dim=1))
+
+
+def deeplabv3plus(
+    backbone: str = "resnet50",
+    num_classes: int = 21,
+    in_channels: int = 3,
+    output_stride: int = 16,
+    rates: Sequence[int] | None = None,
+    aspp_channels: int = 256,
+    image_pooling: bool = True,
+    multi_grid: Sequence[int] | None = None,
+) -> DeepLabV3Plus:
+    """DeepLabv3+ (output stride 16, ASPP rates 6, 12, 18 by default)."""
+    body = build_backbone(backbone, output_stride, in_channels, multi_grid)
+    rates = tuple(rates) if rates is not None else aspp_rates(output_stride)
+    aspp = ASPP(body.channels[3], rates, aspp_channels, image_pooling)
+    return DeepLabV3Plus(body, aspp, num_classes, in_channels, aspp_channels)
+
+
+def load_torchvision_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state_dict file saved from torchvision (``torch.save(tv_model.state_dict(), path)``) strictly.
+
+    Works for our ResNets (vs ``torchvision.models.resnetNN``) and DeepLabv3-ResNets (vs
+    ``deeplabv3_resnetNN(aux_loss=...)``; build ours with the same ``num_classes`` and ``aux_loss``). The file is
+    read with ``weights_only=True``: no pickled code runs.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"weights file {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise ModelError(f"cannot read weights file {str(path)!r} as a state_dict: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"{str(path)!r} holds a {type(state).__name__}, not a state_dict")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise ModelError(
+            f"{str(path)!r} does not fit this model: {str(exc).splitlines()[-1].strip()}"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(
+            f"{str(path)!r} does not match this model: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:2]}); build the model with the same depth, num_classes and aux_loss"
+        )
+    return model

@@ -1,0 +1,151 @@
+"""Architecture facts: parameter counts, torchvision compatibility, ASPP rates, identity init, bad input."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from oracle import gradient_support
+
+import atrous
+from atrous.errors import InputShapeError, ModelError
+from atrous.flops import count_params
+from atrous.models.context import ContextModule
+from atrous.models.deeplab import load_torchvision_weights
+from atrous.models.unet import GriddingWarning
+from atrous.rf import analyze
+
+
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "params"),
+    [
+        ("seed_unet", {}, 2_356_929),  # the seed's own count, sigmoid head conv included
+        ("deeplabv3_resnet50", {"aux_loss": True}, 42_004_074),  # torchvision's deeplabv3_resnet50(aux_loss=True)
+        ("resnet50", {"num_classes": 1000}, 25_557_032),  # torchvision's resnet50
+        ("resnet18", {"num_classes": 1000}, 11_689_512),  # torchvision's resnet18
+        ("unet", {}, 7_763_074),  # ours: width 32, depth 4, no conv bias before BatchNorm
+        ("seed_dilated_unet", {}, 2_947_521),
+    ],
+)
+def test_parameter_counts(spec: str, kwargs: dict, params: int) -> None:
+    assert count_params(atrous.create_model(spec, **kwargs)) == params
+
+
+def test_torchvision_outputs_match_when_installed(tmp_path: Path) -> None:
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    theirs = tv.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                                       aux_loss=True).eval()
+    torch.save(theirs.state_dict(), tmp_path / "tv.pt")
+    ours = load_torchvision_weights(atrous.create_model("deeplabv3_resnet50", aux_loss=True), tmp_path / "tv.pt").eval()
+    x = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        ref = theirs(x)
+        out, aux = ours.forward_aux(x)
+    torch.testing.assert_close(out, ref["out"])
+    torch.testing.assert_close(aux, ref["aux"])
+
+
+def test_weights_round_trip_strictly_and_refuse_a_mismatch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = atrous.create_model("resnet18", num_classes=1000).eval()
+    torch.save(src.state_dict(), tmp_path / "r18.pt")
+    dst = load_torchvision_weights(atrous.create_model("resnet18", num_classes=1000), tmp_path / "r18.pt").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(src(x), dst(x))
+    with pytest.raises(ModelError, match="does not match this model"):
+        load_torchvision_weights(atrous.create_model("resnet34", num_classes=1000), tmp_path / "r18.pt")
+    with pytest.raises(ModelError, match="does not fit this model"):
+        load_torchvision_weights(atrous.create_model("resnet18", num_classes=10), tmp_path / "r18.pt")
+    with pytest.raises(ModelError, match="does not exist"):
+        load_torchvision_weights(src, tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(("os_", "rates"), [(8, (12, 24, 36)), (16, (6, 12, 18)), (32, (3, 6, 9))])
+def test_aspp_rates_follow_the_output_stride(os_: int, rates: tuple[int, ...]) -> None:
+    model = atrous.create_model("deeplabv3_small", output_stride=os_)
+    assert model.classifier[0].rates == rates and model.output_stride == os_
+
+
+def test_dilated_backbone_follows_torchvision_semantics() -> None:
+    r = atrous.create_model("resnet18", output_stride=8)
+    # Layer3 and layer4 replace their stride by dilation; the first block keeps the previous dilation.
+    assert [b.conv1.dilation[0] for b in r.layer3] == [1, 2] and [b.conv2.dilation[0] for b in r.layer3] == [2, 2]
+    assert [b.conv1.dilation[0] for b in r.layer4] == [2, 4] and r.layer4[0].conv1.stride == (1, 1)
+    mg = atrous.create_model("resnet50", output_stride=16, multi_grid=(1, 2, 4))
+    assert [b.conv2.dilation[0] for b in mg.layer4] == [2, 4, 8]
+
+
+def test_output_stride_is_measured_by_the_rf_engine() -> None:
+    for os_ in (8, 16, 32):
+        report = analyze(atrous.create_model("resnet_small", output_stride=os_), (3, 64, 64))
+        assert report.outputs[0].stride == [os_, os_]
+
+
+def test_deeplabv3plus_decoder_and_aux_head() -> None:
+    plus = atrous.create_model("deeplabv3plus_small")
+    assert plus.reduce[0].out_channels == 48
+    model = atrous.create_model("deeplabv3_small", aux_loss=True).eval()
+    out, aux = model.forward_aux(torch.randn(1, 3, 45, 51))
+    assert out.shape == aux.shape == (1, 2, 45, 51)
+
+
+def test_image_pooling_trains_at_batch_one() -> None:
+    model = atrous.create_model("deeplabv3_small").train()
+    model(torch.randn(1, 3, 32, 32)).mean().backward()  # torchvision raises here
+    pool_bn = model.classifier[0].convs[-1][2]
+    assert pool_bn.num_batches_tracked.item() == 0  # running statistics were used, not updated
+
+
+def test_context_module_identity_initialisation() -> None:
+    x = torch.rand(2, 5, 30, 30)
+    with torch.no_grad():
+        assert torch.allclose(ContextModule(5, "basic")(x), x, atol=1e-6)
+        large = ContextModule(5, "large")(x)
+    assert (large - x).abs().max() < 0.5 and not torch.allclose(large, x)
+
+
+def test_context_module_rf_per_layer() -> None:
+    report = analyze(ContextModule(4), (4, 100, 100))
+    assert [r.tensor.rf[0] for r in report.layers() if r.op == "convolution"] == [3, 5, 9, 17, 33, 65, 67, 67]
+
+
+def test_dilated_unet_checks_its_schedule() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        atrous.create_model("dilated_unet")  # default (1, 2, 4): hole-free, no warning
+    with pytest.warns(GriddingWarning, match="leave 6 holes"):
+        atrous.create_model("dilated_unet", bottleneck_rates=(2, 2, 2))
+
+
+def test_unet_rf_without_pooling_branches_against_oracle() -> None:
+    """Discriminating oracle checks (no global branch): bilinear U-Net, ASPP without image pooling."""
+    for spec in ("unet:up=bilinear,depth=2,width=4", "deeplabv3_small:image_pooling=false",
+                 "deeplabv3plus_small:image_pooling=false"):
+        torch.manual_seed(0)
+        model = atrous.create_model(spec)
+        shape = (3, 67, 71)
+        report = analyze(model, shape)
+        assert not report.outputs[0].global_
+        for index in [(33, 35), (0, 0), (66, 3)]:
+            assert np.array_equal(report.support(index), gradient_support(model, shape, index)), (spec, index)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: atrous.create_model("unett"), ModelError, "did you mean 'unet'"),
+        (lambda: atrous.create_model("unet", widht=8), ModelError, "has no argument 'widht'.*did you mean 'width'"),
+        (lambda: atrous.create_model("deeplabv3_small", output_stride=12), ModelError, "output_stride=12"),
+        (lambda: atrous.create_model("unet")(torch.randn(1, 1, 64, 64)), InputShapeError, "3 input channels but got 1"),
+        (lambda: atrous.create_model("unet")(torch.randn(1, 3, 20, 64)), InputShapeError, "H and W >= 32"),
+        (lambda: atrous.create_model("convstack:preset=huge"), ModelError, "unknown convstack preset"),
+    ],
+)
+def test_bad_input(call, error: type, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(error, match=message):
+        call()
