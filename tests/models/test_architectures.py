@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracle import gradient_support
 
 import atrous
 from atrous.errors import InputShapeError, ModelError
@@ -17,13 +16,18 @@ from atrous.models.context import ContextModule
 from atrous.models.deeplab import load_torchvision_weights
 from atrous.models.unet import GriddingWarning
 from atrous.rf import analyze
+from oracle import gradient_support
 
 
 @pytest.mark.parametrize(
     ("spec", "kwargs", "params"),
     [
         ("seed_unet", {}, 2_356_929),  # the seed's own count, sigmoid head conv included
-        ("deeplabv3_resnet50", {"aux_loss": True}, 42_004_074),  # torchvision's deeplabv3_resnet50(aux_loss=True)
+        (
+            "deeplabv3_resnet50",
+            {"aux_loss": True},
+            42_004_074,
+        ),  # torchvision's deeplabv3_resnet50(aux_loss=True)
         ("resnet50", {"num_classes": 1000}, 25_557_032),  # torchvision's resnet50
         ("resnet18", {"num_classes": 1000}, 11_689_512),  # torchvision's resnet18
         ("unet", {}, 7_763_074),  # ours: width 32, depth 4, no conv bias before BatchNorm
@@ -37,10 +41,13 @@ def test_parameter_counts(spec: str, kwargs: dict, params: int) -> None:
 def test_torchvision_outputs_match_when_installed(tmp_path: Path) -> None:
     tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    theirs = tv.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
-                                                       aux_loss=True).eval()
+    theirs = tv.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=True
+    ).eval()
     torch.save(theirs.state_dict(), tmp_path / "tv.pt")
-    ours = load_torchvision_weights(atrous.create_model("deeplabv3_resnet50", aux_loss=True), tmp_path / "tv.pt").eval()
+    ours = load_torchvision_weights(
+        atrous.create_model("deeplabv3_resnet50", aux_loss=True), tmp_path / "tv.pt"
+    ).eval()
     x = torch.randn(1, 3, 96, 80)
     with torch.no_grad():
         ref = theirs(x)
@@ -53,7 +60,9 @@ def test_weights_round_trip_strictly_and_refuse_a_mismatch(tmp_path: Path) -> No
     torch.manual_seed(0)
     src = atrous.create_model("resnet18", num_classes=1000).eval()
     torch.save(src.state_dict(), tmp_path / "r18.pt")
-    dst = load_torchvision_weights(atrous.create_model("resnet18", num_classes=1000), tmp_path / "r18.pt").eval()
+    dst = load_torchvision_weights(
+        atrous.create_model("resnet18", num_classes=1000), tmp_path / "r18.pt"
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(src(x), dst(x))
@@ -74,7 +83,10 @@ def test_aspp_rates_follow_the_output_stride(os_: int, rates: tuple[int, ...]) -
 def test_dilated_backbone_follows_torchvision_semantics() -> None:
     r = atrous.create_model("resnet18", output_stride=8)
     # Layer3 and layer4 replace their stride by dilation; the first block keeps the previous dilation.
-    assert [b.conv1.dilation[0] for b in r.layer3] == [1, 2] and [b.conv2.dilation[0] for b in r.layer3] == [2, 2]
+    assert [b.conv1.dilation[0] for b in r.layer3] == [1, 2] and [b.conv2.dilation[0] for b in r.layer3] == [
+        2,
+        2,
+    ]
     assert [b.conv1.dilation[0] for b in r.layer4] == [2, 4] and r.layer4[0].conv1.stride == (1, 1)
     mg = atrous.create_model("resnet50", output_stride=16, multi_grid=(1, 2, 4))
     assert [b.conv2.dilation[0] for b in mg.layer4] == [2, 4, 8]
@@ -124,8 +136,11 @@ def test_dilated_unet_checks_its_schedule() -> None:
 
 def test_unet_rf_without_pooling_branches_against_oracle() -> None:
     """Discriminating oracle checks (no global branch): bilinear U-Net, ASPP without image pooling."""
-    for spec in ("unet:up=bilinear,depth=2,width=4", "deeplabv3_small:image_pooling=false",
-                 "deeplabv3plus_small:image_pooling=false"):
+    for spec in (
+        "unet:up=bilinear,depth=2,width=4",
+        "deeplabv3_small:image_pooling=false",
+        "deeplabv3plus_small:image_pooling=false",
+    ):
         torch.manual_seed(0)
         model = atrous.create_model(spec)
         shape = (3, 67, 71)
@@ -139,13 +154,21 @@ def test_unet_rf_without_pooling_branches_against_oracle() -> None:
     ("call", "error", "message"),
     [
         (lambda: atrous.create_model("unett"), ModelError, "did you mean 'unet'"),
-        (lambda: atrous.create_model("unet", widht=8), ModelError, "has no argument 'widht'.*did you mean 'width'"),
+        (
+            lambda: atrous.create_model("unet", widht=8),
+            ModelError,
+            "has no argument 'widht'.*did you mean 'width'",
+        ),
         (lambda: atrous.create_model("deeplabv3_small", output_stride=12), ModelError, "output_stride=12"),
-        (lambda: atrous.create_model("unet")(torch.randn(1, 1, 64, 64)), InputShapeError, "3 input channels but got 1"),
+        (
+            lambda: atrous.create_model("unet")(torch.randn(1, 1, 64, 64)),
+            InputShapeError,
+            "3 input channels but got 1",
+        ),
         (lambda: atrous.create_model("unet")(torch.randn(1, 3, 20, 64)), InputShapeError, "H and W >= 32"),
         (lambda: atrous.create_model("convstack:preset=huge"), ModelError, "unknown convstack preset"),
     ],
 )
-def test_bad_input(call, error: type, message: str) -> None:  # noqa: ANN001
+def test_bad_input(call, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         call()

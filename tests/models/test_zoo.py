@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from oracle import gradient_support
 
 import atrous
 from atrous.models.registry import model_info
 from atrous.rf import analyze
+from oracle import gradient_support
 
 NAMES = atrous.list_models()
 SEGMENTERS = [n for n in NAMES if model_info(n).task == "segmentation"]
@@ -39,8 +39,18 @@ def model(request: pytest.FixtureRequest) -> torch.nn.Module:
 
 
 def test_registry_lists_every_family() -> None:
-    for family in ("convstack", "context", "unet", "dilated_unet", "deeplabv3", "deeplabv3plus", "resnet50",
-                   "seed_unet", "seed_dilated_unet", "seed_deeplab"):
+    for family in (
+        "convstack",
+        "context",
+        "unet",
+        "dilated_unet",
+        "deeplabv3",
+        "deeplabv3plus",
+        "resnet50",
+        "seed_unet",
+        "seed_dilated_unet",
+        "seed_deeplab",
+    ):
         assert family in NAMES
 
 
