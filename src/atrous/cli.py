@@ -129,6 +129,27 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from atrous.data.specs import check_dataset, detect_layout
+
+    spec = args.path if ":" in args.path else detect_layout(args.path)
+    total, problems = check_dataset(spec, args.split)
+    for p in problems:
+        print(f"{p.kind:15s} {p.line()}")
+    verdict = "no problems" if not problems else f"{len(problems)} problem(s)"
+    print(f"{spec}: {total} image/mask pairs, {verdict}")
+    return 1 if problems else 0
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from atrous.data import build_dataset
+    from atrous.data.preview import preview
+
+    path = preview(build_dataset(args.spec, split=args.split), args.out, args.count)
+    console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from atrous.lab.runner import run_lab
 
@@ -140,7 +161,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from atrous import bench
 
     suites = list(bench.SUITES) if args.suite == "all" else [args.suite]
-    results = bench.run(suites, console)
+    # With --json the tables go to stderr so stdout stays machine-readable.
+    results = bench.run(suites, Console(stderr=True) if args.json else console)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
@@ -181,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schedule)
 
+    p = sub.add_parser("data", help="check or preview datasets")
+    data = p.add_subparsers(dest="data_command", required=True)
+    q = data.add_parser("check", help="scan a dataset and list every problem (exit 1 if any)")
+    q.add_argument("path", help="dataset folder (folder or VOC layout, detected) or a spec such as voc:/path")
+    q.add_argument("--split", help="VOC split (default train)")
+    q.set_defaults(func=cmd_data_check)
+    q = data.add_parser("preview", help="write a grid of samples with mask overlays")
+    q.add_argument("spec", help="dataset spec, e.g. scale:size=64 or folder:/path")
+    q.add_argument("--out", default="preview.png")
+    q.add_argument("--count", type=int, default=16)
+    q.add_argument("--split")
+    q.set_defaults(func=cmd_data_preview)
+
     p = sub.add_parser("lab", help="run the exercises and write one report")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
     p.add_argument("--out", default="runs/lab", help="report directory")
@@ -188,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against a baseline in the same run")
-    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf"])
+    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf", "models"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

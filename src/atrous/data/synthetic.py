@@ -1,0 +1,287 @@
+"""Synthetic segmentation tasks whose labels are visible in the image, and one whose answer needs a known RF.
+
+Every sample is a pure function of ``(seed, split, index)``: its random stream is
+``numpy.random.default_rng([seed, split, index])``, never a global RNG, so DataLoader workers and DDP ranks
+neither duplicate nor diverge, and a run is reproducible.
+
+Images are float32 (C, H, W): a piecewise-constant picture (background 0, objects ``snr``) plus unit Gaussian
+noise, so ``snr`` is the contrast-to-noise ratio. Masks are int64 (H, W).
+
+Tasks
+-----
+``shapes``  discs (optionally squares, ellipses) brighter than the background; binary mask. The seed's task
+            made learnable: the image now carries the mask.
+``scale``   objects of two sizes, identical in intensity and texture; label 1 = small, 2 = large. What tells
+            them apart is only their extent, so the answer needs a receptive field (see :func:`needed_rf`).
+``multiscale``  objects of K sizes spread geometrically over a wide range (4 to 48 px by default) in one image;
+            label k = size class k. Accuracy per class shows which receptive fields serve which scales.
+
+The receptive field ``scale`` needs (squares of side ``s`` among squares of side ``L > s``): objects never touch
+each other or the border, so along a row the object pixels form runs of length ``s`` or ``L``. A pixel at
+column offset ``k`` (0..s-1) of a small square is told apart from a large square only if its window shows both
+ends of its run along some axis: the background pixels at distance ``k + 1`` and ``s - k``. For every pixel of
+a small square that takes a window of half-width ``s`` (the far end from a corner pixel), i.e. an RF of
+``2 s + 1``. Below that, corner windows of small squares are identical to corner windows of large squares in
+the noise-free image, so no model can label them better than the class prior
+(``tests/data/test_synthetic.py`` checks both directions on generated samples). For discs of diameter ``d``
+the same argument with chords gives at most ``2 d + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from atrous.errors import SpecError
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class Obj:
+    kind: str  # "square", "disc", "ellipse"
+    cy: float
+    cx: float
+    extent: int  # side or diameter in pixels
+    label: int
+    aspect: float = 1.0
+    angle: float = 0.0
+
+    def box(self) -> tuple[int, int, int, int]:
+        """(y0, x0, y1, x1), half-open, of the pixels the object may cover."""
+        half = self.extent / 2
+        return (
+            int(np.floor(self.cy - half)),
+            int(np.floor(self.cx - half)),
+            int(np.ceil(self.cy + half)),
+            int(np.ceil(self.cx + half)),
+        )
+
+
+def render(objs: list[Obj], size: tuple[int, int]) -> np.ndarray:
+    """Label map (H, W) int64: 0 background, else the object's label (later objects on top)."""
+    mask = np.zeros(size, dtype=np.int64)
+    for o in objs:
+        if o.kind == "square":
+            y0, x0 = int(round(o.cy - o.extent / 2)), int(round(o.cx - o.extent / 2))
+            mask[y0 : y0 + o.extent, x0 : x0 + o.extent] = o.label
+            continue
+        y0, x0, y1, x1 = o.box()
+        y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, size[0]), min(x1, size[1])
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        dy, dx = yy + 0.5 - o.cy, xx + 0.5 - o.cx
+        r = o.extent / 2
+        if o.kind == "disc":
+            inside = dy * dy + dx * dx <= r * r
+        else:  # ellipse: semi-axes r and r * aspect, rotated
+            c, s = np.cos(o.angle), np.sin(o.angle)
+            u, v = c * dx + s * dy, -s * dx + c * dy
+            inside = (u / r) ** 2 + (v / (r * o.aspect)) ** 2 <= 1
+        mask[y0:y1, x0:x1][inside] = o.label
+    return mask
+
+
+def place(rng: np.random.Generator, extents: list[int], size: tuple[int, int], gap: int, tries: int = 60):
+    """Top-left-free positions for objects of the given extents, largest first, at least ``gap`` background
+    pixels apart and from the border. Objects that do not fit after ``tries`` attempts are dropped."""
+    placed: list[tuple[int, int, int]] = []  # (y0, x0, extent)
+    for e in sorted(extents, reverse=True):
+        hi_y, hi_x = size[0] - e - gap, size[1] - e - gap
+        if hi_y < gap or hi_x < gap:
+            continue
+        # All candidate positions at once; keep the first that clears every placed object by `gap`.
+        ys = rng.integers(gap, hi_y + 1, size=tries)
+        xs = rng.integers(gap, hi_x + 1, size=tries)
+        ok = np.ones(tries, dtype=bool)
+        for py, px, pe in placed:
+            ok &= (ys + e + gap <= py) | (py + pe + gap <= ys) | (xs + e + gap <= px) | (px + pe + gap <= xs)
+        first = np.flatnonzero(ok)
+        if first.size:
+            placed.append((int(ys[first[0]]), int(xs[first[0]]), e))
+    return placed
+
+
+@dataclass
+class SyntheticTask(Dataset):
+    """Base: ``n`` samples of ``size`` x ``size``; subclasses draw the objects of one sample."""
+
+    n: int = 1000
+    size: int = 64
+    snr: float = 3.0
+    seed: int = 0
+    split: str = "train"
+    channels: int = 3
+    name: ClassVar[str] = ""
+    class_names: list[str] = field(default_factory=list, init=False)
+    ignore_index: ClassVar[int] = 255
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise SpecError(f"split {self.split!r} is not one of {', '.join(SPLITS)}")
+        if self.n < 1 or self.size < 8:
+            raise SpecError(f"{self.name}: need n >= 1 and size >= 8, got n={self.n}, size={self.size}")
+        self.class_names = self.make_class_names()
+        self.validate()
+
+    # -- to override ---------------------------------------------------------------------------------------
+    def make_class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Raise SpecError for parameters that cannot make a sample."""
+
+    def objects(self, rng: np.random.Generator) -> list[Obj]:
+        raise NotImplementedError
+
+    # -- the dataset -----------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    def __len__(self) -> int:
+        return self.n
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, SPLITS[self.split], index])
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, list[Obj]]:
+        """(clean image without noise (H, W), label map, objects) of sample ``index``."""
+        if not 0 <= index < self.n:
+            raise IndexError(f"sample {index} out of range for {self.n} samples")
+        rng = self.rng(index)
+        objs = self.objects(rng)
+        mask = render(objs, (self.size, self.size))
+        return (mask > 0).astype(np.float32) * self.snr, mask, objs
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        clean, mask, _ = self.sample(index)
+        # Noise has its own stream, also a pure function of (seed, split, index).
+        noise = np.random.default_rng([self.seed, SPLITS[self.split], index, 1]).standard_normal(
+            (self.channels, self.size, self.size), dtype=np.float32
+        )
+        return torch.from_numpy(noise + clean), torch.from_numpy(mask)
+
+
+@dataclass
+class Shapes(SyntheticTask):
+    """Binary: bright discs (and optionally squares / ellipses) on a noisy background."""
+
+    name: ClassVar[str] = "shapes"
+    kinds: tuple[str, ...] = ("disc",)
+    min_extent: int = 10
+    max_extent: int = 30
+    max_objects: int = 3
+
+    def make_class_names(self) -> list[str]:
+        return ["background", "object"]
+
+    def validate(self) -> None:
+        if isinstance(self.kinds, str):
+            self.kinds = (self.kinds,)
+        bad = [k for k in self.kinds if k not in ("disc", "square", "ellipse")]
+        if bad:
+            raise SpecError(f"shapes: unknown kind {bad[0]!r}; use disc, square or ellipse")
+        if not 2 <= self.min_extent <= self.max_extent < self.size:
+            raise SpecError(
+                f"shapes: need 2 <= min_extent <= max_extent < size, got {self.min_extent}, "
+                f"{self.max_extent}, size {self.size}"
+            )
+
+    def objects(self, rng: np.random.Generator) -> list[Obj]:
+        count = int(rng.integers(1, self.max_objects + 1))
+        objs = []
+        for _ in range(count):
+            e = int(rng.integers(self.min_extent, self.max_extent + 1))
+            c = rng.uniform(e / 2, self.size - e / 2, size=2)
+            kind = self.kinds[int(rng.integers(len(self.kinds)))]
+            objs.append(Obj(kind, c[0], c[1], e, 1, rng.uniform(0.5, 1.0), rng.uniform(0, np.pi)))
+        return objs
+
+
+@dataclass
+class Scale(SyntheticTask):
+    """Two object sizes, same intensity and texture; label = size class (1 small, 2 large)."""
+
+    name: ClassVar[str] = "scale"
+    small: int = 8
+    large: int = 24
+    shape: str = "square"
+    min_objects: int = 3
+    max_objects: int = 6
+    gap: int = 2
+
+    def make_class_names(self) -> list[str]:
+        return ["background", f"small ({self.small}px)", f"large ({self.large}px)"]
+
+    def validate(self) -> None:
+        if self.shape not in ("square", "disc"):
+            raise SpecError(f"scale: shape must be square or disc, got {self.shape!r}")
+        if not 1 <= self.small < self.large:
+            raise SpecError(f"scale: need 1 <= small < large, got small={self.small}, large={self.large}")
+        if self.large + 2 * self.gap > self.size:
+            raise SpecError(f"scale: large={self.large} does not fit in size={self.size} with gap {self.gap}")
+
+    @property
+    def needed_rf(self) -> int:
+        """RF (per axis) that separates every pixel of a small object from large ones: ``2 * small + 1``."""
+        return needed_rf(self.small)
+
+    def objects(self, rng: np.random.Generator) -> list[Obj]:
+        count = int(rng.integers(self.min_objects, self.max_objects + 1))
+        labels = rng.integers(1, 3, size=count)
+        extents = [self.small if lab == 1 else self.large for lab in labels]
+        placed = place(rng, extents, (self.size, self.size), self.gap)
+        return [Obj(self.shape, y + e / 2, x + e / 2, e, 1 if e == self.small else 2) for y, x, e in placed]
+
+
+def needed_rf(small: int) -> int:
+    return 2 * small + 1
+
+
+@dataclass
+class MultiScale(SyntheticTask):
+    """Objects of ``classes`` sizes spread geometrically from ``min_size`` to ``max_size``; label = size class."""
+
+    name: ClassVar[str] = "multiscale"
+    size: int = 96
+    min_extent: int = 4
+    max_extent: int = 48
+    classes: int = 3
+    shape: str = "square"
+    min_objects: int = 4
+    max_objects: int = 8
+    gap: int = 2
+
+    @property
+    def extents(self) -> list[int]:
+        k, lo, hi = self.classes, self.min_extent, self.max_extent
+        return [int(round(lo * (hi / lo) ** (i / (k - 1)))) for i in range(k)]
+
+    def make_class_names(self) -> list[str]:
+        return ["background", *[f"{e}px" for e in self.extents]]
+
+    def validate(self) -> None:
+        if self.classes < 2 or not 1 <= self.min_extent < self.max_extent:
+            raise SpecError("multiscale: need classes >= 2 and 1 <= min_extent < max_extent")
+        if self.max_extent + 2 * self.gap > self.size:
+            raise SpecError(f"multiscale: max_extent={self.max_extent} does not fit in size={self.size}")
+        if self.shape not in ("square", "disc"):
+            raise SpecError(f"multiscale: shape must be square or disc, got {self.shape!r}")
+
+    def objects(self, rng: np.random.Generator) -> list[Obj]:
+        count = int(rng.integers(self.min_objects, self.max_objects + 1))
+        extents = self.extents
+        chosen = [extents[int(c)] for c in rng.integers(0, len(extents), size=count)]
+        placed = place(rng, chosen, (self.size, self.size), self.gap)
+        return [Obj(self.shape, y + e / 2, x + e / 2, e, extents.index(e) + 1) for y, x, e in placed]
+
+
+TASKS: dict[str, type[SyntheticTask]] = {"shapes": Shapes, "scale": Scale, "multiscale": MultiScale}
