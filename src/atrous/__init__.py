@@ -3,7 +3,8 @@
 from atrous.errors import AtrousError
 from atrous.models.registry import create_model, list_models
 from atrous.rf import RFReport, analyze
+from atrous.train.inference import load
 
 __version__ = "0.1.0"
 
-__all__ = ["AtrousError", "RFReport", "__version__", "analyze", "create_model", "list_models"]
+__all__ = ["AtrousError", "RFReport", "__version__", "analyze", "create_model", "list_models", "load"]

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from atrous.errors import AtrousError, InputShapeError
+
+if TYPE_CHECKING:
+    from atrous.train.config import TrainConfig as TrainConfigT
 
 console = Console()
 
@@ -150,6 +155,128 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_OPTIONS = {  # flag -> (TrainConfig field, type, help)
+    "--model": ("model", str, "model spec, e.g. unet:width=16"),
+    "--data": ("data", str, "training data spec, e.g. scale:size=64"),
+    "--val": (
+        "val",
+        str,
+        "validation data spec (default: the synthetic task's val split; 'none' for no val)",
+    ),
+    "--out": ("out", str, "run directory (default runs/train)"),
+    "--epochs": ("epochs", int, "number of epochs"),
+    "--steps": ("steps", int, "number of optimizer steps (instead of --epochs)"),
+    "--batch-size": ("batch_size", int, "global batch size (default 16)"),
+    "--eval-batch-size": ("eval_batch_size", int, "validation batch size"),
+    "--lr": ("lr", float, "peak learning rate (default 1e-3)"),
+    "--optimizer": ("optimizer", str, "adamw or sgd"),
+    "--weight-decay": ("weight_decay", float, "weight decay"),
+    "--schedule": ("schedule", str, "poly, cosine, step or constant"),
+    "--warmup": ("warmup", int, "linear warm-up steps"),
+    "--loss": ("loss", str, "dice, ce, bce or dice+ce"),
+    "--aux-weight": ("aux_weight", float, "weight of DeepLab's auxiliary loss"),
+    "--seed": ("seed", int, "the one seed of the run"),
+    "--checkpoint-every": ("checkpoint_every", int, "also checkpoint every N steps"),
+    "--device": ("device", str, "auto, cpu or cuda[:N]"),
+    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--workers": ("workers", int, "DataLoader workers (default 0)"),
+    "--crop": ("crop", int, "crop size for real-data augmentation"),
+}
+TRAIN_FLAGS = {  # flag -> (TrainConfig field, value when given)
+    "--dice-per-image": ("dice_per_image", True),
+    "--no-channels-last": ("channels_last", False),
+    "--no-augment": ("augment", False),
+    "--skip-bad": ("skip_bad", True),
+}
+
+
+def train_config(args: argparse.Namespace) -> TrainConfigT:
+    from atrous.train.config import TrainConfig
+
+    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    values = cfg.to_json()
+    for field_name, _, _ in TRAIN_OPTIONS.values():
+        given = getattr(args, field_name)
+        if given is not None:
+            values[field_name] = given
+    for field_name, value in TRAIN_FLAGS.values():
+        if getattr(args, field_name):
+            values[field_name] = value
+    return TrainConfig.from_json(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from atrous.train.loop import fit
+
+    cfg = train_config(args)
+    result = fit(cfg, resume=args.resume, overwrite=args.overwrite, console=console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(
+            f"run: {result.run_dir} ({result.steps} steps; best val mIoU {result.best_miou:.4f}; "
+            f"checkpoints {result.run_dir / 'best'} and {result.run_dir / 'last'})"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from atrous.data import build_dataset
+    from atrous.train.inference import load
+    from atrous.train.loop import evaluate
+    from atrous.train.metrics import AGGREGATION
+
+    model = load(args.checkpoint)
+    dataset = build_dataset(args.data, split="val", check=True)
+    if dataset.num_classes != max(model.num_classes, 2):
+        raise AtrousError(
+            f"the checkpoint predicts {model.num_classes} classes but {args.data} has {dataset.num_classes}"
+        )
+    scores = evaluate(model, dataset, args.batch_size, torch_device("cpu"))
+    result = {"checkpoint": str(args.checkpoint), "data": args.data, "samples": len(dataset), **scores}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.checkpoint} on {args.data} ({len(dataset)} samples)", caption=AGGREGATION)
+    for col in ("class", "IoU", "Dice"):
+        table.add_column(col)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    for name, iou, dice in zip(dataset.class_names, scores["iou"], scores["dice"]):
+        table.add_row(name, fmt(iou), fmt(dice))
+    table.add_row("mean", fmt(scores["miou"]), fmt(scores["mdice"]), end_section=True)
+    console.print(table)
+    console.print(f"pixel accuracy {scores['pixel_acc']:.4f}")
+    return 0
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from atrous.train.inference import predict_files
+
+    written = predict_files(args.checkpoint, args.images, args.out, args.tile, args.overlap)
+    console.print(f"wrote {len(written)} mask(s) and overlays to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from atrous.train.inference import export_onnx
+
+    if args.format != "onnx":
+        raise AtrousError(f"--format {args.format!r}: only onnx is supported")
+    result = export_onnx(args.checkpoint, args.out, args.opset)
+    diffs = ", ".join(f"{k}: {v:.2e}" for k, v in result["max_abs_diff"].items())
+    console.print(
+        f"wrote {result['path']} (opset {result['opset']}, dynamic batch/height/width); "
+        f"onnxruntime vs PyTorch max abs diff {diffs}"
+    )
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from atrous.lab.runner import run_lab
 
@@ -215,6 +342,40 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--count", type=int, default=16)
     q.add_argument("--split")
     q.set_defaults(func=cmd_data_preview)
+
+    p = sub.add_parser(
+        "train", help="train a model (torchrun --nproc_per_node=N -m atrous train ... for DDP)"
+    )
+    for flag, (field_name, typ, text) in TRAIN_OPTIONS.items():
+        p.add_argument(flag, dest=field_name, type=typ, default=None, help=text)
+    for flag, (field_name, _) in TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=field_name, action="store_true")
+    p.add_argument("--config", help="JSON file with any of the options (command-line flags override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
+    p.add_argument("--checkpoint", required=True, help="RUN_DIR, RUN_DIR/best or RUN_DIR/last")
+    p.add_argument("--data", required=True, help="dataset spec (synthetic specs use their val split)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict masks for images (sliding window above --tile)")
+    p.add_argument("images", nargs="+", help="image files or folders (.png .jpg .tif, or .npy arrays)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="predictions")
+    p.add_argument("--tile", type=int, help="tile size for sliding-window inference on large images")
+    p.add_argument("--overlap", type=int, default=32)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, with a parity check")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", default="onnx")
+    p.add_argument("--out", default="model.onnx")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("lab", help="run the exercises and write one report")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])

@@ -176,8 +176,8 @@ class Shapes(SyntheticTask):
 
     name: ClassVar[str] = "shapes"
     kinds: tuple[str, ...] = ("disc",)
-    min_extent: int = 10
-    max_extent: int = 30
+    min_extent: int | None = None  # default size // 6: diameters 10-30 px at 64 x 64, the seed's circles
+    max_extent: int | None = None  # default size * 15 // 32
     max_objects: int = 3
 
     def make_class_names(self) -> list[str]:
@@ -186,6 +186,10 @@ class Shapes(SyntheticTask):
     def validate(self) -> None:
         if isinstance(self.kinds, str):
             self.kinds = (self.kinds,)
+        self.min_extent = self.min_extent if self.min_extent is not None else max(2, self.size // 6)
+        self.max_extent = (
+            self.max_extent if self.max_extent is not None else max(self.min_extent, self.size * 15 // 32)
+        )
         bad = [k for k in self.kinds if k not in ("disc", "square", "ellipse")]
         if bad:
             raise SpecError(f"shapes: unknown kind {bad[0]!r}; use disc, square or ellipse")

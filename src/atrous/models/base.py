@@ -40,15 +40,15 @@ class Segmenter(nn.Module):
 
 
 def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Bilinear resize to an exact size (align_corners=False), no "divisible by 32" requirement."""
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
+    """Bilinear resize to an exact size (align_corners=False), no "divisible by 32" requirement.
+
+    No shortcut for an equal size: a Python branch on shapes would be frozen by ONNX tracing."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def match_size(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Pad (or crop, with negative padding) ``x`` to ``ref``'s H x W, split evenly around the centre."""
+    """Pad (or crop, with negative padding) ``x`` to ``ref``'s H x W, split evenly around the centre.
+
+    Always one pad, even of zero: a Python branch on shapes would be frozen by ONNX tracing."""
     dy, dx = ref.shape[2] - x.shape[2], ref.shape[3] - x.shape[3]
-    if dy == 0 and dx == 0:
-        return x
     return F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])

@@ -1,0 +1,318 @@
+"""The training loop as users run it: determinism, resumption after a real SIGKILL, torchrun, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import atrous
+from atrous.cli import main
+from atrous.train import loop
+from atrous.train.checkpoint import CheckpointError, load_into
+from atrous.train.config import TrainConfig
+from atrous.train.loop import TIMING_KEYS, TrainingDiverged, fit
+
+# deeplabv3_small has dropout in its ASPP: resuming must restore the RNG too, not only the weights.
+TRAIN = [
+    "train",
+    "--model",
+    "deeplabv3_small:aspp_channels=16",
+    "--data",
+    "scale:size=32,n=48,small=4,large=10",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "8",
+    "--lr",
+    "3e-3",
+    "--checkpoint-every",
+    "4",
+]
+
+
+def metrics(run: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines]
+
+
+def cli(*argv: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "atrous", *argv], capture_output=True, text=True, env=env, **kw
+    )
+
+
+def test_same_seed_gives_identical_metrics(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert cli(*TRAIN, "--out", str(tmp_path / name)).returncode == 0
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+    assert len(metrics(tmp_path / "a")) == 3
+
+
+@pytest.mark.parametrize("trial", [0, 1])
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path, trial: int) -> None:
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert cli(*TRAIN, "--out", str(ref)).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atrous", *TRAIN, "--out", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (run / "last").exists() and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(random.Random(trial).uniform(0.0, 0.4))  # any moment after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = json.loads((run / "last" / "checkpoint.json").read_text())["step"]
+    assert 0 < killed_at < 18
+    resumed = cli(*TRAIN, "--out", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert metrics(run) == metrics(ref)
+
+
+def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
+    """2 gloo ranks with per-rank batch 4 == 1 process with batch 8, within 1e-5 relative.
+
+    Exact up to float summation order when the loss decomposes over samples (CE, per-image Dice) and nothing
+    couples samples; BatchNorm (per-rank statistics on CPU, no SyncBatchNorm on gloo) and batch-level Dice
+    (each rank's Dice covers its half of the batch) make ranks differ slightly, as in any DDP setup."""
+    args = [
+        "train",
+        "--model",
+        "convstack:norm=none,width=8,preset=dilated",
+        "--data",
+        "shapes:size=32,n=32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--loss",
+        "ce",
+    ]
+    assert cli(*args, "--out", str(tmp_path / "one")).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "atrous",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    one, dist = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(one) == len(dist) == 2
+    for a, b in zip(one, dist):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val"]["miou"] == pytest.approx(a["val"]["miou"], abs=1e-3)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = loop.make_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        inner = real(*args, **kwargs)
+
+        def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            value = inner(logits, target)
+            return value * float("nan") if calls["n"] >= 5 else value
+
+        return loss
+
+    monkeypatch.setattr(loop, "make_loss", poisoned)
+    cfg = TrainConfig(
+        model="convstack:width=4",
+        data="shapes:size=16,n=16",
+        steps=10,
+        batch_size=2,
+        checkpoint_every=2,
+        out=str(tmp_path / "run"),
+    )
+    with pytest.raises(
+        TrainingDiverged, match=r"loss became nan at step 5 .*last good checkpoint .*\(step 4\)"
+    ):
+        fit(cfg)
+    assert json.loads((tmp_path / "run" / "last" / "checkpoint.json").read_text())["step"] == 4
+
+
+def _folder_dataset(root: Path, bad: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 22, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        if not (bad and i == 3):
+            Image.fromarray((rng.integers(0, 2, (20, 22)) * 1).astype(np.uint8)).save(
+                root / "masks" / f"{i}.png"
+            )
+    (root / "classes.json").write_text(json.dumps(["bg", "fg"]))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "unett", "--data", "shapes"], "unknown model 'unett'"),
+        (["--model", "unet", "--data", "shapez"], "unknown dataset 'shapez'"),
+        (["--model", "convstack:num_classes=5", "--data", "shapes"], "predicts 5 classes but the data has 2"),
+        (["--model", "convstack", "--data", "shapes", "--lr", "0"], "--lr must be in (0, 10]"),
+        (["--model", "convstack", "--data", "shapes", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--model", "convstack", "--data", "shapes", "--device", "cuda"], "no CUDA GPU is available"),
+        (
+            ["--model", "convstack", "--data", "shapes", "--optimizer", "adam"],
+            "--optimizer 'adam' is not one of",
+        ),
+        (["--model", "convstack", "--data", "FOLDER", "--val", "none"], "problem(s) in"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    folder = _folder_dataset(tmp_path / "data", bad=True)
+    extra = [str(folder) if x == "FOLDER" else x for x in extra]
+    extra = [f"folder:{folder}" if x == str(folder) else x for x in extra]
+    out = tmp_path / "run"
+    assert main([*(x for x in ["train", "--epochs", "1"]), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_existing_runs_are_protected(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [
+        "train",
+        "--model",
+        "convstack:width=4",
+        "--data",
+        "shapes:size=16,n=8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds another run; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--resume", "--lr", "0.5"]) == 2
+    assert "--resume with a changed config: lr differ" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "convstack:width=4",
+                "--data",
+                "shapes:size=16,n=8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    model = atrous.load(run)
+    assert isinstance(model, torch.nn.Module) and not model.training
+    with pytest.raises(CheckpointError, match=r"another architecture|does not fit"):
+        load_into(atrous.create_model("unet", width=4, depth=1), run / "last")
+    weights = run / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "last"), "--data", "shapes:size=16,n=8"]) == 2
+    assert "is corrupt: model.safetensors does not match" in capsys.readouterr().err
+
+
+def test_real_data_train_predict_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = _folder_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "unet:width=4,depth=1",
+                "--data",
+                f"folder:{folder}",
+                "--val",
+                f"folder:{folder}",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--crop",
+                "16",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    meta = json.loads((run / "best" / "checkpoint.json").read_text())
+    assert meta["class_names"] == ["bg", "fg"] and meta["normalization"] == "imagenet"
+    assert (
+        main(
+            [
+                "predict",
+                str(folder / "images"),
+                "--checkpoint",
+                str(run),
+                "--out",
+                str(tmp_path / "pred"),
+                "--tile",
+                "12",
+                "--overlap",
+                "4",
+            ]
+        )
+        == 0
+    )
+    mask = Image.open(tmp_path / "pred" / "0.png")
+    assert mask.mode == "P" and mask.size == (22, 20)
+    assert (tmp_path / "pred" / "0_overlay.png").exists()
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    diffs = [
+        float(x.split(": ")[1].rstrip(",")) for x in out.replace("\n", " ").split("diff ")[1].split(", ")
+    ]
+    assert max(diffs) < 1e-4
