@@ -241,7 +241,155 @@ def print_models(rows: list[dict], console: Console) -> None:
     console.print(table)
 
 
-SUITES = {"rf": (bench_rf, print_rf), "models": (bench_models, print_models)}
+def bench_train(
+    models: tuple[str, ...] = (
+        "seed_unet",
+        "unet:width=16,depth=3",
+        "dilated_unet:width=16,depth=3",
+        "deeplabv3_small",
+        "context",
+    ),
+    target: float = 0.9,
+    max_epochs: int = 15,
+) -> list[dict]:
+    """Wall time for each model to reach validation foreground Dice >= ``target`` on ``shapes`` (64x64, 256
+    training images, batch 16, AdamW 1e-3, Dice+CE), all in this run; ratios against the seed U-Net."""
+    import tempfile
+
+    from atrous.train.config import TrainConfig
+    from atrous.train.loop import fit
+
+    rows = []
+    for spec in models:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(
+                model=spec,
+                data="shapes:size=64,n=256",
+                epochs=max_epochs,
+                batch_size=16,
+                lr=1e-3,
+                out=f"{tmp}/run",
+            )
+            start = time.perf_counter()
+            result = fit(
+                cfg, console=Console(quiet=True), until=lambda r: (r["val"]["fg_dice"] or 0) >= target
+            )
+            seconds = time.perf_counter() - start
+        last = result.history[-1]
+        rows.append(
+            {
+                "model": spec,
+                "reached": (last["val"]["fg_dice"] or 0) >= target,
+                "seconds": seconds,
+                "epochs": len(result.history),
+                "steps": result.steps,
+                "fg_dice": last["val"]["fg_dice"],
+                "train_img_s": last["img_per_s"],
+            }
+        )
+    for r in rows:
+        r["time_vs_seed_unet"] = r["seconds"] / rows[0]["seconds"]
+    return rows
+
+
+def print_train(rows: list[dict], console: Console) -> None:
+    table = Table(title="Time to validation foreground Dice >= 0.9 on shapes (64x64), CPU, same run")
+    for col in (
+        "model",
+        "reached",
+        "epochs",
+        "steps",
+        "final fg Dice",
+        "train img/s",
+        "wall s",
+        "vs seed_unet",
+    ):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["model"],
+            "yes" if r["reached"] else "no",
+            str(r["epochs"]),
+            str(r["steps"]),
+            f"{r['fg_dice']:.3f}",
+            f"{r['train_img_s']:.1f}",
+            f"{r['seconds']:.1f}",
+            f"{r['time_vs_seed_unet']:.2f}x",
+        )
+    console.print(table)
+
+
+def bench_erf(samples: int = 64, repeats: int = 3) -> list[dict]:
+    """ERF of ``samples`` inputs: a per-sample loop of full backward passes (baseline), the same batched 16 per
+    pass, and ``effective_rf`` (batched, on a crop around the exact RF when that is exact and saves work)."""
+    from atrous.erf import effective_rf, gradient_maps, sample_loop_maps
+    from atrous.models.registry import create_model
+
+    rows = []
+    cases = (
+        ("convstack:preset=dilated", 64),
+        ("convstack:preset=hdc,width=16", 96),
+        ("unet:width=16,depth=3", 64),
+        ("deeplabv3_small", 64),
+    )
+    for spec, size in cases:
+        torch.manual_seed(0)
+        model = create_model(spec).eval()
+        x = torch.randn(samples, model.in_channels, size, size)
+        pos = (size // 2, size // 2)
+        shape = tuple(x.shape[1:])
+        t_loop = median_time(lambda m=model, x=x, p=pos: sample_loop_maps(m, x, p), repeats)
+        t_batch = median_time(lambda m=model, x=x, p=pos: gradient_maps(m, x, p, 16), repeats)
+        t_erf = median_time(lambda m=model, s=shape: effective_rf(m, s, samples=samples, batch=16), repeats)
+        cropped = effective_rf(model, shape, samples=2).metrics["cropped_to"]
+        rows.append(
+            {
+                "model": spec,
+                "samples": samples,
+                "size": size,
+                "loop_s": t_loop,
+                "batched_s": t_batch,
+                "erf_s": t_erf,
+                "batched_speedup": t_loop / t_batch,
+                "erf_speedup": t_loop / t_erf,
+                "cropped_to": cropped,
+            }
+        )
+    return rows
+
+
+def print_erf(rows: list[dict], console: Console) -> None:
+    table = Table(title="ERF of N inputs vs a per-sample loop of full backward passes, CPU, same run")
+    for col in (
+        "model",
+        "N",
+        "input",
+        "loop (s)",
+        "batched, 16/pass",
+        "effective_rf (batched + RF crop)",
+        "crop",
+    ):
+        table.add_column(col)
+    for r in rows:
+        crop = "none" if r["cropped_to"] is None else "x".join(str(b - a) for a, b in r["cropped_to"])
+        table.add_row(
+            r["model"],
+            str(r["samples"]),
+            f"{r['size']}x{r['size']}",
+            f"{r['loop_s']:.3f}",
+            f"{r['batched_s']:.3f} s ({r['batched_speedup']:.1f}x)",
+            f"{r['erf_s']:.3f} s ({r['erf_speedup']:.1f}x)",
+            crop,
+        )
+    console.print(table)
+
+
+SUITES = {
+    "rf": (bench_rf, print_rf),
+    "models": (bench_models, print_models),
+    "train": (bench_train, print_train),
+    "erf": (bench_erf, print_erf),
+}
 
 
 def run(suites: list[str], console: Console) -> dict[str, list[dict]]:

@@ -277,6 +277,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erf(args: argparse.Namespace) -> int:
+    from atrous.erf import draw, effective_rf, load_for_erf
+
+    shape = parse_ints(args.input, "--input") if args.input else None
+    specs = [args.model, *(args.compare or [])]
+    results = []
+    for spec in specs:
+        model = load_for_erf(spec, args.checkpoint if spec == args.model else None)
+        results.append(
+            effective_rf(
+                model,
+                shape,
+                data=args.data,
+                samples=args.samples,
+                position=parse_ints(args.at, "--at") if args.at else "centre",
+                distribution=args.inputs,
+                batch=args.batch,
+                train_mode=args.train_mode,
+                seed=args.seed,
+                name=spec,
+            )
+        )
+    path = draw(results, args.out)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+        return 0
+    for r in results:
+        m = r.metrics
+        sigma = "-" if m["sigma"] is None else f"{m['sigma'][0]:.2f}/{m['sigma'][1]:.2f}"
+        note = f" ({m['note']})" if "note" in m else ""
+        console.print(
+            f"{r.name}: RF {r.rf}, area>=10% {m['area_10']} px, area>=4.55% {m['area_2sigma']} px, "
+            f"r50 {m['radius_50']}, r95 {m['radius_95']}, sigma {sigma}{note}"
+        )
+    console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from atrous.lab.runner import run_lab
 
@@ -377,6 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("erf", help="effective receptive field (averaged input gradients), drawn with the RF")
+    p.add_argument("model", help="zoo spec or import path")
+    p.add_argument("--input", help="input shape C,H,W (random inputs), or use --data")
+    p.add_argument("--data", help="dataset spec whose (val) samples are the inputs")
+    p.add_argument("--inputs", default="normal", help="random input distribution: normal, uniform or ones")
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="samples per backward pass (bounds memory)")
+    p.add_argument("--at", help="output position y,x (default: the centre)")
+    p.add_argument("--checkpoint", help="use trained weights for MODEL (a run dir or checkpoint)")
+    p.add_argument(
+        "--compare", nargs="+", metavar="MODEL", help="more models, side by side on one colour scale"
+    )
+    p.add_argument("--train-mode", action="store_true", help="train-mode BatchNorm (couples samples; warns)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="erf.png")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_erf)
+
     p = sub.add_parser("lab", help="run the exercises and write one report")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
     p.add_argument("--out", default="runs/lab", help="report directory")
@@ -384,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against a baseline in the same run")
-    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf", "models"])
+    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf", "models", "train", "erf"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -288,18 +288,30 @@ def evaluate(
 
 
 def fit(
-    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    until: Callable[[dict], bool] | None = None,
 ) -> FitResult:
-    """Train per ``cfg`` (see the module docstring); ``resume`` continues ``cfg.out`` from its last checkpoint."""
+    """Train per ``cfg`` (see the module docstring); ``resume`` continues ``cfg.out`` from its last checkpoint;
+    ``until(record)`` ends training after the first epoch whose metrics record satisfies it."""
     console = console or Console()
     d = setup(cfg.device)
     try:
-        return _fit(cfg, resume, overwrite, console, d)
+        return _fit(cfg, resume, overwrite, console, d, until)
     finally:
         teardown(d)
 
 
-def _fit(cfg: TrainConfig, resume: bool, overwrite: bool, console: Console, d: Dist) -> FitResult:
+def _fit(
+    cfg: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+    console: Console,
+    d: Dist,
+    until: Callable[[dict], bool] | None = None,
+) -> FitResult:
     run, cfg = prepare_run_dir(cfg, resume, overwrite, d.main)
     cfg.validate()
     if d.enabled and cfg.batch_size % d.world:
@@ -502,4 +514,6 @@ def _fit(cfg: TrainConfig, resume: bool, overwrite: bool, console: Console, d: D
                     + f" ({record['img_per_s']:.1f} img/s)"
                 )
             save(("last", "best") if improved else ("last",))
+            if until is not None and until(record):
+                break
     return FitResult(run, history, state.best_miou, state.step)
