@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 LAB_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean venv
+.PHONY: lab test lint bench clean venv figures
 
 venv: $(STAMP)
 
@@ -31,6 +31,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/atrous bench
+
+# The README's figures come from a quick lab run.
+figures: $(STAMP)
+	$(BIN)/atrous lab --preset quick --out runs/lab-figures
+	mkdir -p docs/figures
+	cp runs/lab-figures/ex1_supports.png runs/lab-figures/ex1_erf_trained.png runs/lab-figures/ex3_scale_curves.png \
+	   runs/lab-figures/ex4_iou_by_size.png runs/lab-figures/ex5_rf_vs_accuracy.png docs/figures/
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -318,7 +318,16 @@ def cmd_erf(args: argparse.Namespace) -> int:
 def cmd_lab(args: argparse.Namespace) -> int:
     from atrous.lab.runner import run_lab
 
-    run_lab(preset=args.preset, out=args.out, only=args.only, console=console)
+    if args.device not in ("cpu", "auto"):
+        raise AtrousError(f"--device {args.device}: the lab's small models train on CPU processes; use cpu")
+    run_lab(
+        preset=args.preset,
+        out=args.out,
+        only=args.only,
+        seeds=args.seeds,
+        workers=args.workers,
+        console=console,
+    )
     return 0
 
 
@@ -436,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lab", help="run the exercises and write one report")
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
     p.add_argument("--out", default="runs/lab", help="report directory")
-    p.add_argument("--only", help="comma-separated exercises, e.g. ex1")
+    p.add_argument("--only", help="comma-separated exercises, e.g. ex2,ex5")
+    p.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2); default from the preset")
+    p.add_argument("--workers", type=int, help="parallel training processes (default: 2, one thread each)")
+    p.add_argument("--device", default="cpu", help="cpu (the lab's models are sized for CPU)")
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against a baseline in the same run")

@@ -1,6 +1,8 @@
-"""Exercise 1, first half: RF, holes, parameters and FLOPs of the seed's conv stacks, from the engine.
+"""Exercise 1: receptive fields of the seed's conv stacks.
 
-All stacks map 64 channels to 64 channels with bias-free 3x3 / 7x7 convolutions, as in the seed's table.
+First half: RF, holes, parameters and FLOPs from the engine and counters; all stacks map 64 channels to 64
+channels with bias-free 3x3 / 7x7 convolutions, as in the seed's table. Second half: effective receptive fields
+of the standard, dilated, large-kernel and HDC stacks at initialisation and after training on ``scale``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
+from atrous.erf import draw, effective_rf
 from atrous.flops import count_flops, count_params
+from atrous.lab import common
+from atrous.lab.jobs import Job
 from atrous.lab.presets import Preset
 from atrous.lab.report import Section, Table
 from atrous.models.blocks import PRESETS, convstack
@@ -21,6 +27,19 @@ from atrous.rf import analyze
 
 CHANNELS = 64
 STACKS = ("standard", "dilated", "dilated4", "large", "hdc", "gridded")
+ERF_STACKS = ("standard", "dilated", "large", "hdc")
+KEY = "ex1"
+
+
+def erf_spec(p: Preset, name: str) -> str:
+    return f"convstack:preset={name},width={p.width}"
+
+
+def jobs(p: Preset, seeds: list[int]) -> list[Job]:
+    data = common.tasks(p)["scale"]
+    return [
+        common.job(p, erf_spec(p, name), data, seeds[0], f"ex1 {name} stack on scale") for name in ERF_STACKS
+    ]
 
 
 def measure(name: str, flops_size: int) -> tuple[dict, np.ndarray]:
@@ -65,8 +84,64 @@ def draw_supports(rows: list[dict], masks: list[np.ndarray], path: Path) -> None
     plt.close(fig)
 
 
-def run(preset: Preset, run_dir: Path) -> Section:
-    measured = [measure(name, preset.ex1_flops_size) for name in STACKS]
+def erf_panels(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> tuple[list[list], dict, list]:
+    """ERFs of the Ex1 stacks at initialisation and after training on scale, on validation images."""
+    from atrous.train.inference import load
+
+    data = common.tasks(p)["scale"]
+    val = data.replace(f"n={p.n}", f"n={p.ex1_erf_samples}") + ",split=val"
+    before, after, rows, out = [], [], [], {}
+    for name in ERF_STACKS:
+        trained = common.runs(results, p, erf_spec(p, name), data, seeds[:1])[0]
+        torch.manual_seed(seeds[0])  # the training run's initial weights come from this seed
+        init_model = load(trained["run_dir"] + "/last")
+        init_model.load_state_dict(type(init_model)(**_stack_kwargs(init_model)).state_dict())
+        kwargs = {"data": val, "samples": p.ex1_erf_samples, "name": name}
+        a, b = effective_rf(init_model, **kwargs), effective_rf(load(trained["run_dir"] + "/last"), **kwargs)
+        before.append(a)
+        after.append(b)
+        rows.append(
+            [
+                name,
+                a.rf[0],
+                a.metrics["radius_95"],
+                b.metrics["radius_95"],
+                _sig(a),
+                _sig(b),
+                a.metrics["area_2sigma"],
+                b.metrics["area_2sigma"],
+            ]
+        )
+        out[name] = {"rf": a.rf[0], "init": a.to_json(), "trained": b.to_json()}
+    draw(before, run_dir / "ex1_erf_init.png")
+    draw(after, run_dir / "ex1_erf_trained.png")
+    return (
+        rows,
+        out,
+        [
+            ("ex1_erf_init.png", "Effective RFs at initialisation"),
+            ("ex1_erf_trained.png", "Effective RFs after training on scale"),
+        ],
+    )
+
+
+def _stack_kwargs(model) -> dict:
+    return {
+        "in_channels": model.in_channels,
+        "num_classes": model.num_classes,
+        "width": model.body[0].out_channels,
+        "kernel": model.kernels,
+        "rates": model.rates,
+    }
+
+
+def _sig(result) -> str:
+    sigma = result.metrics["sigma"]
+    return "-" if sigma is None else f"{sigma[0]:.1f}"
+
+
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: dict) -> Section:
+    measured = [measure(name, p.ex1_flops_size) for name in STACKS]
     rows = [r for r, _ in measured]
     draw_supports(rows, [m for _, m in measured], run_dir / "ex1_supports.png")
     table = Table(
@@ -77,7 +152,7 @@ def run(preset: Preset, run_dir: Path) -> Section:
             "RF",
             "holes/axis",
             "params",
-            f"FLOPs @{preset.ex1_flops_size}²",
+            f"FLOPs @{p.ex1_flops_size}²",
             "RF per 1k params",
         ],
         [
@@ -108,12 +183,34 @@ def run(preset: Preset, run_dir: Path) -> Section:
         f"({r['area_coverage']:.1%} of the {r['rf']}x{r['rf']} box)."
         for r in gridded
     ]
+    erf_rows, erf_out, erf_figs = erf_panels(p, seeds, results, run_dir)
+    erf_table = Table(
+        [
+            "stack",
+            "RF",
+            "r95 init",
+            "r95 trained",
+            "sigma init",
+            "sigma trained",
+            "area >= 4.55% init",
+            "trained",
+        ],
+        erf_rows,
+        f"ERFs (width {p.width}) on {p.ex1_erf_samples} validation images of scale: r95 = half-width of the centred "
+        "square holding 95 % of the gradient mass; sigma = SD of the row profile; area = pixels above 4.55 % of "
+        "the peak",
+    )
+    grown = [r[0] for r in erf_rows if r[3] is not None and r[2] is not None and r[3] > r[2]]
+    paragraphs.append(
+        f"Training on scale widened the 95 % ERF radius of {len(grown)} of {len(erf_rows)} stacks"
+        + (f" ({', '.join(grown)})." if grown else ".")
+    )
     return Section(
-        key="ex1",
+        key=KEY,
         title="Exercise 1: receptive fields of conv stacks",
-        command="atrous lab --only ex1",
+        command=f"atrous lab --only ex1 --preset {p.name}",
         paragraphs=paragraphs,
-        tables=[table],
-        figures=[("ex1_supports.png", "Exact support of one output pixel for each stack")],
-        results={"rows": rows},
+        tables=[table, erf_table],
+        figures=[("ex1_supports.png", "Exact support of one output pixel for each stack"), *erf_figs],
+        results={"rows": rows, "erf": erf_out},
     )

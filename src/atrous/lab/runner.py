@@ -1,27 +1,56 @@
-"""Runs the selected exercises with a progress display and writes the report."""
+"""``atrous lab``: collect every exercise's training jobs, run them in parallel, then write one report."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from atrous.data import build_dataset
 from atrous.errors import AtrousError
-from atrous.lab import ex1_receptive_fields
-from atrous.lab.presets import Preset, get_preset
-from atrous.lab.report import Section, write_report
+from atrous.lab import ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy
+from atrous.lab.jobs import run_jobs
+from atrous.lab.presets import get_preset
+from atrous.lab.report import write_atomic, write_report
+from atrous.models.registry import create_model
 
-EXERCISES: dict[str, Callable[[Preset, Path], Section]] = {"ex1": ex1_receptive_fields.run}
+EXERCISES = {m.KEY: m for m in (ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy)}
+
+
+def parse_seeds(seeds: str | int | None, default: int) -> list[int]:
+    if seeds is None:
+        return list(range(default))
+    text = str(seeds)
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise AtrousError(f"--seeds {text!r}: give a count (3) or a list (0,1,2)") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise AtrousError("--seeds must be >= 1")
+        return list(range(values[0]))
+    return values
 
 
 def run_lab(
     preset: str = "quick",
     out: str | Path = "runs/lab",
     only: str | None = None,
+    seeds: str | None = None,
+    workers: int | None = None,
     console: Console | None = None,
 ) -> dict[str, Path]:
     console = console or Console()
@@ -30,22 +59,52 @@ def run_lab(
     if unknown:
         raise AtrousError(f"unknown exercise {unknown[0]!r} in --only; available: {', '.join(EXERCISES)}")
     p = get_preset(preset)
+    seed_list = parse_seeds(seeds, p.seeds)
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sections = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("lab", total=len(chosen))
+    start = time.perf_counter()
+    jobs = [j for key in chosen for j in EXERCISES[key].jobs(p, seed_list)]
+    for model, data in {(j.model, j.data) for j in jobs}:  # fail before any training, not halfway through
+        build_dataset(data)
+        create_model(model)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"lab {preset}: training", total=len({j.key for j in jobs}))
+
+        def done(job, count: int, total: int) -> None:
+            bar.update(task, completed=count, description=f"lab {preset}: done {job.label}")
+
+        results = run_jobs(jobs, run_dir / "runs", workers, done)
+        sections, timings = [], {}
+        report_task = bar.add_task("report", total=len(chosen))
         for key in chosen:
-            bar.update(task, description=f"{key} ({preset})")
-            sections.append(EXERCISES[key](p, run_dir))
-            bar.advance(task)
+            bar.update(report_task, description=f"report: {key}")
+            sections.append(EXERCISES[key].section(p, seed_list, results, run_dir, timings))
+            bar.advance(report_task)
     meta = {
         "preset": preset,
         "exercises": chosen,
+        "seeds": seed_list,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    header = f"Preset {preset}; exercises {', '.join(chosen)}; torch {torch.__version__}."
+    header = (
+        f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}; torch {torch.__version__}. "
+        "Every number below was computed in this run."
+    )
     paths = write_report(sections, run_dir, header, meta)
-    console.print(f"report: {paths['html']}  ({paths['md'].name}, {paths['json'].name})")
+    # Measured speeds vary from run to run: kept out of results.json so that it is reproducible.
+    timings["wall_seconds"] = time.perf_counter() - start
+    write_atomic(run_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
+    console.print(
+        f"report: {paths['html']} ({paths['md'].name}, {paths['json'].name}); {timings['wall_seconds']:.0f} s"
+    )
     return paths

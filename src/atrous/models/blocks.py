@@ -33,34 +33,38 @@ def norm_layer(kind: str | None, channels: int) -> nn.Module:
 
 
 class ConvStack(Segmenter):
-    """``len(rates)`` convolutions (kernel ``k``, dilation ``r``, 'same' padding) with optional norm and ReLU,
-    then a 1x1 classifier when ``num_classes`` is given (logits out)."""
+    """One convolution per rate (dilation ``r``, 'same' padding) with optional norm and ReLU, then a 1x1
+    classifier when ``num_classes`` is given (logits out). ``kernel`` is one odd size for every layer or one per
+    layer (1x1 layers add depth without receptive field, which keeps stacks of equal depth comparable)."""
 
     def __init__(
         self,
         in_channels: int = 3,
         num_classes: int | None = 2,
         width: int = 64,
-        kernel: int = 3,
+        kernel: int | Sequence[int] = 3,
         rates: Sequence[int] = (1, 1, 1),
         norm: str | None = "batch",
         bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.in_channels, self.num_classes = in_channels, num_classes or width
-        if kernel < 1 or kernel % 2 == 0:
-            raise ModelError(
-                f"convstack kernel must be odd and >= 1 (symmetric 'same' padding), got {kernel}"
-            )
         if not rates or any(int(r) < 1 for r in rates):
             raise ModelError(f"convstack rates must be positive integers, got {tuple(rates)}")
-        self.kernel, self.rates = kernel, tuple(int(r) for r in rates)
+        kernels = [int(kernel)] * len(rates) if isinstance(kernel, int) else [int(k) for k in kernel]
+        if len(kernels) != len(rates):
+            raise ModelError(f"convstack got {len(kernels)} kernel sizes for {len(rates)} rates")
+        if any(k < 1 or k % 2 == 0 for k in kernels):
+            raise ModelError(
+                f"convstack kernels must be odd and >= 1 (symmetric 'same' padding), got {kernels}"
+            )
+        self.kernels, self.rates = tuple(kernels), tuple(int(r) for r in rates)
         use_bias = (norm in (None, "none", False)) if bias is None else bias  # a bias before a norm is wasted
         layers: list[nn.Module] = []
         c = in_channels
-        for r in self.rates:
+        for k, r in zip(self.kernels, self.rates):
             layers += [
-                nn.Conv2d(c, width, kernel, padding=r * (kernel - 1) // 2, dilation=r, bias=use_bias),
+                nn.Conv2d(c, width, k, padding=r * (k - 1) // 2, dilation=r, bias=use_bias),
                 norm_layer(norm, width),
                 nn.ReLU(inplace=True),
             ]
@@ -79,7 +83,7 @@ def convstack(
     in_channels: int = 3,
     num_classes: int | None = 2,
     width: int = 64,
-    kernel: int | None = None,
+    kernel: int | Sequence[int] | None = None,
     rates: Sequence[int] | None = None,
     norm: str | None = "batch",
     bias: bool | None = None,

@@ -283,3 +283,37 @@ def load_torchvision_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"(e.g. {result.unexpected_keys[:2]}); build the model with the same depth, num_classes and aux_loss"
         )
     return model
+
+
+class ASPPNet(Segmenter):
+    """A shallow stem (two 3x3 convs, stride 2) and an ASPP head: the receptive field comes from the ASPP
+    rates, not from a deep backbone, so the lab can see which rates serve which object sizes."""
+
+    output_stride = 2
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        width: int = 32,
+        rates: Sequence[int] = (1, 6, 12),
+        image_pooling: bool = False,
+        conv1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.min_size = 4
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.aspp = ASPP(width, rates, width, image_pooling, conv1x1, dropout=0.0)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return resize_to(self.classifier(self.aspp(self.stem(x))), x.shape[2:])

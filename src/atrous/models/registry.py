@@ -78,7 +78,7 @@ def _coerce(factory: Callable, name: str, kwargs: dict[str, Any]) -> dict[str, A
                 f"arguments: {', '.join(valid)}"
             )
     try:
-        hints = typing.get_type_hints(factory)
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
     except Exception:  # unresolvable annotations: fall back to the raw strings
         hints = {k: p.annotation for k, p in params.items()}
     out = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atrous.models import seed
+from atrous.models import deeplab, seed
 from atrous.models.blocks import convstack
 from atrous.models.context import ContextNet, context_on_backbone
 from atrous.models.deeplab import deeplabv3, deeplabv3plus
@@ -57,3 +57,4 @@ register("seed_dilated_unet", seed.seed_dilated_unet, "the seed's dilated U-Net 
 register(
     "seed_deeplab", seed.seed_deeplab, "the seed's small DeepLab (ASPP 6,12,18), fixed (output at input size)"
 )
+register("aspp_net", deeplab.ASPPNet, "shallow stride-2 stem + ASPP head (rates=..., image_pooling=...)")

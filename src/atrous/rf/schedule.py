@@ -162,3 +162,39 @@ def suggest(target_rf: int, kernel: int = 3, limit: int = 5, max_layers: int = 1
     dfs([], 0)
     ranked = sorted((-s, -m, rates) for s, m, rates in best)
     return [check(list(rates), kernel) for _, _, rates in ranked]
+
+
+def fixed_depth(target_rf: int, depth: int, kernel: int = 3) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(kernels, rates) of exactly ``depth`` layers reaching RF ``target_rf`` exactly and hole-free.
+
+    Below ``1 + (kernel - 1) * depth`` the RF is reached with rate-1 layers and the remaining layers are 1x1
+    (they add depth, not RF). Above it every layer is ``kernel`` wide, with ascending rates as balanced as the
+    prefix rule allows (the smallest largest rate)."""
+    grow = kernel - 1
+    if target_rf < 1 or (target_rf - 1) % grow:
+        raise ScheduleError(f"RF {target_rf} is not reachable with kernel {kernel}: need 1 + {grow} * k")
+    total = (target_rf - 1) // grow
+    if total <= depth:
+        kernels = (kernel,) * total + (1,) * (depth - total)
+        return kernels, (1,) * depth
+    best: list[int] | None = None
+
+    def dfs(prefix: list[int], acc: int) -> None:
+        nonlocal best
+        left = depth - len(prefix)
+        if left == 0:
+            if acc == total and (best is None or prefix[-1] < best[-1]):
+                best = list(prefix)
+            return
+        lo = prefix[-1] if prefix else 1
+        hi = min(grow * acc + 1, total - acc - (left - 1) * lo)
+        if best is not None:
+            hi = min(hi, best[-1])
+        for r in range(lo, hi + 1):
+            if acc + r + (left - 1) * r <= total:  # later rates are at least r
+                dfs([*prefix, r], acc + r)
+
+    dfs([], 0)
+    if best is None:
+        raise ScheduleError(f"no hole-free schedule of {depth} layers reaches RF {target_rf} exactly")
+    return (kernel,) * depth, tuple(best)

@@ -1,0 +1,155 @@
+"""Exercise 5: receptive field vs accuracy on ``scale``, whose needed RF is known (2 * small + 1).
+
+Conv stacks of equal depth (5 layers) whose RF is set by hole-free dilation schedules from the schedule tools
+(1x1 layers where the RF is smaller than five 3x3 layers give). Where accuracy saturates is measured: the
+smallest RF whose mean mIoU is within 0.01 of the best and not significantly lower (paired test over seeds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from atrous.data.synthetic import needed_rf
+from atrous.lab import common, plots
+from atrous.lab.jobs import Job
+from atrous.lab.presets import Preset
+from atrous.lab.report import Section, Table
+from atrous.lab.stats import compare_paired
+from atrous.models.registry import create_model
+from atrous.rf import analyze, schedule
+
+KEY = "ex5"
+TOLERANCE = 0.01
+
+
+def data_spec(p: Preset, small: int) -> str:
+    large = max(p.scale_large, 2 * small + 4)
+    return f"scale:size={p.size},n={p.n},small={small},large={large}"
+
+
+def stack_spec(p: Preset, rf: int) -> str:
+    kernels, rates = schedule.fixed_depth(rf, p.ex5_depth)
+    return f"convstack:width={p.width},kernel={','.join(map(str, kernels))},rates={','.join(map(str, rates))}"
+
+
+def jobs(p: Preset, seeds: list[int]) -> list[Job]:
+    return [
+        common.job(p, stack_spec(p, rf), data_spec(p, small), s, f"ex5 RF {rf} (objects {small}px), seed {s}")
+        for small in p.ex5_smalls
+        for rf in p.ex5_rfs
+        for s in seeds
+    ]
+
+
+def saturation(rfs: list[int], miou: dict[int, list[float]]) -> tuple[int, dict]:
+    best = max(rfs, key=lambda r: np.mean(miou[r]))
+    for rf in sorted(rfs):
+        close = np.mean(miou[rf]) >= np.mean(miou[best]) - TOLERANCE
+        cmp = compare_paired(miou[rf], miou[best])
+        if rf == best or (close and cmp.verdict != "worse"):
+            return rf, {"best_rf": best, "vs_best": cmp.to_json()}
+    return best, {"best_rf": best}
+
+
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: dict) -> Section:
+    s = Section(KEY, "Exercise 5: receptive field vs accuracy", f"atrous lab --only {KEY} --preset {p.name}")
+    s.paragraphs.append(
+        f"Conv stacks of {p.ex5_depth} layers, width {p.width}, trained {p.steps} steps on `scale` (label = object "
+        f"size), seeds {seeds}. Saturation RF: the smallest RF whose mean validation mIoU is within {TOLERANCE} of "
+        "the best RF's and not significantly lower (paired t-test over seeds)."
+    )
+    out: dict = {}
+    timings[KEY] = {}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    speed_ax = axes[1].twinx()
+    for small in p.ex5_smalls:
+        data = data_spec(p, small)
+        need = needed_rf(small)
+        rows, miou, points = [], {}, []
+        for rf in p.ex5_rfs:
+            spec = stack_spec(p, rf)
+            per_seed = common.runs(results, p, spec, data, seeds)
+            report = analyze(create_model(spec, num_classes=3), (3, p.size, p.size)).outputs[0]
+            holes = report.axes[0].hole_count
+            est = common.estimate(per_seed, "miou")
+            small_iou = common.estimate(per_seed, "iou:1")
+            miou[rf] = common.final(per_seed, "miou")
+            img_s = common.speed(per_seed)
+            timings[KEY][f"{small}px/RF {rf}"] = img_s
+            rows.append(
+                [
+                    report.rf[0],
+                    spec.split(",", 1)[1],
+                    holes,
+                    per_seed[0]["params"],
+                    per_seed[0]["flops"] / 1e9,
+                    f"{img_s:.0f}",
+                    str(est),
+                    str(small_iou),
+                ]
+            )
+            points.append((report.rf[0], est.mean, est.half_width, per_seed[0]["flops"] / 1e9, img_s))
+        sat, detail = saturation(list(p.ex5_rfs), miou)
+        below = [r for r in p.ex5_rfs if r < need]
+        at = [r for r in p.ex5_rfs if r >= need]
+        text = (
+            f"Objects {small} px (needed RF 2 x {small} + 1 = {need}): mIoU saturates at RF {sat} "
+            f"({sat / need:.2f} x the needed RF)."
+        )
+        step = None
+        if below and at:
+            step = compare_paired(miou[min(at)], miou[max(below)])
+            text += f" RF {min(at)} vs RF {max(below)}: mIoU difference {step.describe()}."
+        s.paragraphs.append(text)
+        s.tables.append(
+            Table(
+                [
+                    "RF (engine)",
+                    "kernels, rates",
+                    "holes/axis",
+                    "params",
+                    "GFLOPs/img",
+                    "train img/s",
+                    "val mIoU",
+                    "IoU small objects",
+                ],
+                rows,
+                f"`{data}` (needed RF {need}); mean ± 95 % CI over seeds; img/s measured on one thread in this run",
+            )
+        )
+        rf_axis, mean, ci, flops, speeds = map(np.array, zip(*points))
+        line = axes[0].errorbar(rf_axis, mean, yerr=ci, marker="o", capsize=3, label=f"objects {small}px")
+        axes[0].axvline(need, linestyle="--", color=line[0].get_color(), alpha=0.7)
+        axes[1].plot(rf_axis, flops, marker="o", label=f"GFLOPs/img ({small}px task)")
+        speed_ax.plot(rf_axis, speeds, marker="s", color="tab:red", alpha=0.6, label="train img/s")
+        out[f"small_{small}"] = {
+            "data": data,
+            "needed_rf": need,
+            "saturation_rf": sat,
+            **detail,
+            "step_at_needed": None if step is None else step.to_json(),
+            "points": [
+                {"rf": int(r), "miou_mean": float(m), "ci95": float(c), "gflops": float(f)}
+                for r, m, c, f, _ in points
+            ],
+        }
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("receptive field (pixels per axis)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation mIoU (mean, 95 % CI)")
+    axes[0].set_title("accuracy vs RF (dashed: needed RF of the task)", fontsize=9)
+    axes[0].legend(fontsize=8)
+    axes[1].set_ylabel("GFLOPs per image")
+    speed_ax.set_ylabel("train img/s (one thread)")
+    handles = axes[1].get_legend_handles_labels()[0] + speed_ax.get_legend_handles_labels()[0]
+    axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+    axes[1].set_title("compute vs RF", fontsize=9)
+    fig_name = "ex5_rf_vs_accuracy.png"
+    plots.save(fig, run_dir / fig_name)
+    s.figures.append((fig_name, "Accuracy and cost vs receptive field"))
+    s.results = out
+    return s

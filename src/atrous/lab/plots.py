@@ -1,0 +1,59 @@
+"""Figures of the lab, drawn from results only (titles state what is plotted, never a conclusion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def learning_curves(curves: dict[str, dict[str, list[list[float]]]], path: Path, title: str) -> None:
+    """curves[model][metric] = per-seed lists over epochs; mean line and +-1 SD band over seeds."""
+    metrics = list(next(iter(curves.values())))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, per_metric in curves.items():
+            data = np.array(per_metric[metric], dtype=float)
+            epochs = np.arange(1, data.shape[1] + 1)
+            mean, sd = data.mean(0), data.std(0, ddof=1) if len(data) > 1 else np.zeros(data.shape[1])
+            ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+            ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{title} (mean over seeds, band: +-1 SD)", fontsize=9)
+    save(fig, path)
+
+
+def heatmap(
+    values: np.ndarray, rows: list[str], cols: list[str], path: Path, title: str, fmt: str = "{:.2f}"
+) -> None:
+    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2.5, 0.5 * len(rows) + 1.6))
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(
+                j,
+                i,
+                fmt.format(values[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if values[i, j] < 0.6 else "black",
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=9)
+    save(fig, path)

@@ -1,0 +1,79 @@
+"""The lab end to end on the tiny preset: files, results.json schema, no NaN, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from atrous.cli import main
+from atrous.lab.runner import run_lab
+
+
+def _no_nan(text: str) -> dict:
+    def refuse(token: str) -> None:
+        raise AssertionError(f"results.json contains {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    a, b = tmp_path_factory.mktemp("lab_a"), tmp_path_factory.mktemp("lab_b")
+    run_lab("tiny", a)
+    run_lab("tiny", b, workers=1)  # another process layout must not change a single number
+    return a, b
+
+
+def test_report_files_and_schema(two_runs: tuple[Path, Path]) -> None:
+    run = two_runs[0]
+    results = _no_nan((run / "results.json").read_text())
+    assert {"ex1", "ex2", "ex3", "ex4", "ex5", "meta"} <= set(results)
+    for row in results["ex1"]["rows"]:
+        assert {"kernel", "rates", "rf", "holes", "params", "flops"} <= set(row)
+    md = (run / "report.md").read_text()
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (run / image).is_file(), image
+    html = (run / "report.html").read_text()
+    assert '<img src="data:image/png;base64,' in html and 'src="ex' not in html  # self-contained
+    assert "Rerun alone: `atrous lab --only ex5 --preset tiny`" in md
+    assert "wall_seconds" in json.loads((run / "timings.json").read_text())
+
+
+def test_ex1_numbers_match_hand_arithmetic(two_runs: tuple[Path, Path]) -> None:
+    rows = {r["name"]: r for r in json.loads((two_runs[0] / "results.json").read_text())["ex1"]["rows"]}
+    assert {k: r["rf"] for k, r in rows.items()} == {
+        "standard": 7,
+        "dilated": 15,
+        "dilated4": 31,
+        "large": 19,
+        "hdc": 17,
+        "gridded": 13,
+    }
+    for r in rows.values():  # layers x k^2 x 64 x 64 weights; FLOPs = 2 x params x 64 x 64 pixels
+        assert (
+            r["params"] == len(r["rates"]) * r["kernel"] ** 2 * 64 * 64
+            and r["flops"] == 2 * r["params"] * 4096
+        )
+    assert rows["gridded"]["holes"] == [1, 3, 5, 7, 9, 11]
+
+
+def test_ex5_rfs_come_from_the_engine_and_are_hole_free(two_runs: tuple[Path, Path]) -> None:
+    ex5 = json.loads((two_runs[0] / "results.json").read_text())["ex5"]
+    (task,) = ex5.values()
+    assert [pt["rf"] for pt in task["points"]] == [5, 9, 17] and task["needed_rf"] == 9
+    assert "| 5 | kernel=3,3,1,1,1,rates=1,1,1,1,1 | 0 |" in (two_runs[0] / "report.md").read_text()
+
+
+def test_two_runs_give_identical_results(two_runs: tuple[Path, Path]) -> None:
+    a, b = (json.loads((run / "results.json").read_text()) for run in two_runs)
+    assert a == b
+
+
+def test_lab_options_errors(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    assert main(["lab", "--preset", "tiny", "--only", "ex9", "--out", str(tmp_path)]) == 2
+    assert "unknown exercise 'ex9'" in capsys.readouterr().err
+    assert main(["lab", "--preset", "tiny", "--seeds", "x", "--out", str(tmp_path)]) == 2
+    assert "--seeds 'x'" in capsys.readouterr().err
