@@ -187,6 +187,7 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, value when given)
     "--no-channels-last": ("channels_last", False),
     "--no-augment": ("augment", False),
     "--skip-bad": ("skip_bad", True),
+    "--tensorboard": ("tensorboard", True),
 }
 
 

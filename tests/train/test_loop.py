@@ -41,6 +41,24 @@ TRAIN = [
 ]
 
 
+def tiny_train(out: Path, *extra: str) -> list[str]:
+    """The smallest real training run: a 4-channel conv stack, one epoch of 8 images."""
+    return [
+        "train",
+        "--model",
+        "convstack:width=4",
+        "--data",
+        "shapes:size=16,n=8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def metrics(run: Path) -> list[dict]:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines]
@@ -209,19 +227,7 @@ def test_bad_input_is_one_line_and_leaves_no_run_dir(
 
 
 def test_existing_runs_are_protected(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    args = [
-        "train",
-        "--model",
-        "convstack:width=4",
-        "--data",
-        "shapes:size=16,n=8",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    args = tiny_train(tmp_path / "run")
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 2
@@ -233,24 +239,7 @@ def test_existing_runs_are_protected(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "convstack:width=4",
-                "--data",
-                "shapes:size=16,n=8",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_train(run)) == 0
     model = atrous.load(run)
     assert isinstance(model, torch.nn.Module) and not model.training
     with pytest.raises(CheckpointError, match=r"another architecture|does not fit"):
@@ -316,3 +305,15 @@ def test_real_data_train_predict_export(tmp_path: Path, capsys: pytest.CaptureFi
         float(x.split(": ")[1].rstrip(",")) for x in out.replace("\n", " ").split("diff ")[1].split(", ")
     ]
     assert max(diffs) < 1e-4
+
+
+def test_tensorboard_logging_or_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = tiny_train(tmp_path / "run", "--tensorboard")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert main(args) == 2
+        assert "needs the tensorboard package" in capsys.readouterr().err
+        return
+    assert main(args) == 0
+    assert any((tmp_path / "run" / "tensorboard").iterdir())

@@ -48,10 +48,11 @@ class TrainConfig:
     augment: bool = True  # real data only: random scale, crop, flip, colour jitter
     crop: int | None = None
     skip_bad: bool = False
+    tensorboard: bool = False  # also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # resolved from the data (classes, channels)
 
     # Fields that may differ between a run and its resumption.
-    RESUMABLE = ("out", "workers", "device", "checkpoint_every")
+    RESUMABLE = ("out", "workers", "device", "checkpoint_every", "tensorboard")
 
     def validate(self) -> None:
         if not self.model or not self.data:
@@ -74,6 +75,13 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.tensorboard:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from None
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"--device {self.device!r}: use auto, cpu or cuda[:N]")
 

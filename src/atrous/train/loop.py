@@ -247,6 +247,18 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
     return kept
 
 
+def _scalars(record: dict) -> list[tuple[str, float]]:
+    out = [
+        ("train/loss", record["train_loss"]),
+        ("train/lr", record["lr"]),
+        ("train/img_per_s", record["img_per_s"]),
+    ]
+    for key in ("miou", "mdice", "pixel_acc"):
+        if "val" in record:
+            out.append((f"val/{key}", record["val"][key]))
+    return out
+
+
 def _append_line(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -430,6 +442,11 @@ def _fit(
         disable=not (d.main and console.is_terminal),
     )
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    writer = None
+    if cfg.tensorboard and d.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / "tensorboard"))
     net.train()
     with progress:
         task = progress.add_task("train", total=total, completed=state.step, info="")
@@ -506,6 +523,9 @@ def _fit(
             state.loss_sum, state.loss_count, state.seconds = 0.0, 0, 0.0
             if d.main:
                 _append_line(metrics_path, record)
+                if writer is not None:
+                    for name, value in _scalars(record):
+                        writer.add_scalar(name, value, state.step)
                 history.append(record)
                 val = record.get("val")
                 console.print(
@@ -516,4 +536,6 @@ def _fit(
             save(("last", "best") if improved else ("last",))
             if until is not None and until(record):
                 break
+    if writer is not None:
+        writer.close()
     return FitResult(run, history, state.best_miou, state.step)
