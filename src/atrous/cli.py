@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against a baseline in the same run")
-    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf", "models", "train", "erf"])
+    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf", "models", "train", "erf", "data"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -32,6 +32,7 @@ from oracle import gradient_support
         ("resnet18", {"num_classes": 1000}, 11_689_512),  # torchvision's resnet18
         ("unet", {}, 7_763_074),  # ours: width 32, depth 4, no conv bias before BatchNorm
         ("seed_dilated_unet", {}, 2_947_521),
+        ("seed_deeplab", {}, 2_979_969),  # the seed's ASPP also had 6 x 256 conv biases before BatchNorm
     ],
 )
 def test_parameter_counts(spec: str, kwargs: dict, params: int) -> None:
