@@ -317,3 +317,24 @@ def test_tensorboard_logging_or_a_clear_error(tmp_path: Path, capsys: pytest.Cap
         return
     assert main(args) == 0
     assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_config_file_with_flags_overriding_it(tmp_path: Path) -> None:
+    config = tmp_path / "run.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": "convstack:width=4",
+                "data": "shapes:size=16,n=8",
+                "epochs": 3,
+                "batch_size": 4,
+                "lr": 0.01,
+            }
+        )
+    )
+    assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["epochs"], saved["lr"], saved["model"]) == (1, 0.01, "convstack:width=4")
+    assert len(metrics(tmp_path / "run")) == 1
+    config.write_text(json.dumps({"model": "convstack", "epochz": 3}))
+    assert main(["train", "--config", str(config)]) == 2

@@ -252,7 +252,7 @@ def needed_rf(small: int) -> int:
 
 @dataclass
 class MultiScale(SyntheticTask):
-    """Objects of ``classes`` sizes spread geometrically from ``min_size`` to ``max_size``; label = size class."""
+    """Objects of ``classes`` sizes spread geometrically from ``min_extent`` to ``max_extent``; label = size class."""
 
     name: ClassVar[str] = "multiscale"
     size: int = 96
