@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -146,7 +147,13 @@ def train_step_flops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
 
 
 def measure_model(
-    model: torch.nn.Module, batch: int, size: int, repeats: int, peak: float, channels_last: bool = True
+    model: torch.nn.Module,
+    batch: int,
+    size: int,
+    repeats: int,
+    peak: float,
+    channels_last: bool = True,
+    forward: bool = True,
 ) -> dict:
     """Throughput as atrous runs models: channels-last memory format (1.17-1.81x faster training for most zoo
     families on this CPU, see benchmarks/model_speed_candidates.py)."""
@@ -161,8 +168,10 @@ def measure_model(
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model.eval()
-    with torch.inference_mode():
-        t_fwd = median_time(lambda: model(x), repeats)
+    t_fwd = None
+    if forward:
+        with torch.inference_mode():
+            t_fwd = median_time(lambda: model(x), repeats)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -173,18 +182,18 @@ def measure_model(
 
     t_train = median_time(step, repeats)
     return {
-        "fwd_img_s": batch / t_fwd,
+        "fwd_img_s": batch / t_fwd if t_fwd else None,
         "train_img_s": batch / t_train,
         "fwd_gflops_img": nominal / 1e9,
         "fwd_effective_gflops_img": fwd_flops / 1e9,
         "train_effective_gflops_img": train_flops / 1e9,
-        "fwd_mfu": fwd_flops * batch / t_fwd / peak,
+        "fwd_mfu": fwd_flops * batch / t_fwd / peak if t_fwd else None,
         "train_mfu": train_flops * batch / t_train / peak,
     }
 
 
 def bench_models(
-    names: list[str] | None = None, batch: int = 32, size: int = 64, repeats: int = 3
+    names: list[str] | None = None, batch: int = 32, size: int = 64, repeats: int = 3, forward: bool = True
 ) -> list[dict]:
     """Zoo models at ``size`` x ``size``, batch ``batch``: inference and training throughput and MFU, next to
     the naive seed U-Net baseline measured in the same run."""
@@ -192,13 +201,13 @@ def bench_models(
 
     torch.manual_seed(0)
     peak = matmul_peak()
-    base = measure_model(NaiveSeedUNet(), batch, size, repeats, peak, channels_last=False)
+    base = measure_model(NaiveSeedUNet(), batch, size, repeats, peak, channels_last=False, forward=forward)
     rows = [{"model": "naive seed U-Net (baseline)", **base, "fwd_vs_base": 1.0, "train_vs_base": 1.0}]
     for name in names or [n for n in list_models() if model_info(n).task == "segmentation"]:
-        r = measure_model(create_model(name), batch, size, repeats, peak)
+        r = measure_model(create_model(name), batch, size, repeats, peak, forward=forward)
         r.update(
             model=name,
-            fwd_vs_base=r["fwd_img_s"] / base["fwd_img_s"],
+            fwd_vs_base=r["fwd_img_s"] / base["fwd_img_s"] if forward else None,
             train_vs_base=r["train_img_s"] / base["train_img_s"],
         )
         rows.append(r)
@@ -289,10 +298,27 @@ def bench_train(
         )
     for r in rows:
         r["time_vs_seed_unet"] = r["seconds"] / rows[0]["seconds"]
-    return rows
+    return {"step": bench_models(forward=False), "to_dice": rows}
 
 
-def print_train(rows: list[dict], console: Console) -> None:
+def print_train(result: dict, console: Console) -> None:
+    step = result["step"]
+    table = Table(
+        title=f"Training step, 64x64, batch 32, CPU fp32 (matmul peak {step[0]['matmul_peak_gflops']:.0f} "
+        "GFLOP/s measured in this run; MFU from effective FLOPs)"
+    )
+    for col in ("model", "train GFLOPs/img (effective)", "train img/s", "train MFU", "vs naive seed U-Net"):
+        table.add_column(col)
+    for r in step:
+        table.add_row(
+            r["model"],
+            f"{r['train_effective_gflops_img']:.3f}",
+            f"{r['train_img_s']:.1f}",
+            f"{r['train_mfu']:.0%}",
+            f"{r['train_vs_base']:.2f}x",
+        )
+    console.print(table)
+    rows = result["to_dice"]
     table = Table(title="Time to validation foreground Dice >= 0.9 on shapes (64x64), CPU, same run")
     for col in (
         "model",
@@ -419,7 +445,7 @@ SUITES = {
 }
 
 
-def run(suites: list[str], console: Console) -> dict[str, list[dict]]:
+def run(suites: list[str], console: Console) -> dict[str, Any]:
     results = {}
     for name in suites:
         measure, show = SUITES[name]
