@@ -239,11 +239,15 @@ class Scale(SyntheticTask):
         return needed_rf(self.small)
 
     def objects(self, rng: np.random.Generator) -> list[Obj]:
-        count = int(rng.integers(self.min_objects, self.max_objects + 1))
-        labels = rng.integers(1, 3, size=count)
-        extents = [self.small if lab == 1 else self.large for lab in labels]
-        placed = place(rng, extents, (self.size, self.size), self.gap)
-        return [Obj(self.shape, y + e / 2, x + e / 2, e, 1 if e == self.small else 2) for y, x, e in placed]
+        return size_class_objects(self, rng, [self.small, self.large])
+
+
+def size_class_objects(task: Scale | MultiScale, rng: np.random.Generator, extents: list[int]) -> list[Obj]:
+    """Objects of randomly chosen size classes, placed apart; label k + 1 for ``extents[k]``."""
+    count = int(rng.integers(task.min_objects, task.max_objects + 1))
+    chosen = [extents[int(c)] for c in rng.integers(0, len(extents), size=count)]
+    placed = place(rng, chosen, (task.size, task.size), task.gap)
+    return [Obj(task.shape, y + e / 2, x + e / 2, e, extents.index(e) + 1) for y, x, e in placed]
 
 
 def needed_rf(small: int) -> int:
@@ -281,11 +285,7 @@ class MultiScale(SyntheticTask):
             raise SpecError(f"multiscale: shape must be square or disc, got {self.shape!r}")
 
     def objects(self, rng: np.random.Generator) -> list[Obj]:
-        count = int(rng.integers(self.min_objects, self.max_objects + 1))
-        extents = self.extents
-        chosen = [extents[int(c)] for c in rng.integers(0, len(extents), size=count)]
-        placed = place(rng, chosen, (self.size, self.size), self.gap)
-        return [Obj(self.shape, y + e / 2, x + e / 2, e, extents.index(e) + 1) for y, x, e in placed]
+        return size_class_objects(self, rng, self.extents)
 
 
 TASKS: dict[str, type[SyntheticTask]] = {"shapes": Shapes, "scale": Scale, "multiscale": MultiScale}

@@ -136,11 +136,13 @@ def default_val_spec(data: str) -> str | None:
     return None
 
 
-def resolve_model_kwargs(cfg: TrainConfig, num_classes: int, in_channels: int) -> dict[str, Any]:
-    """Fill in num_classes / in_channels from the data where the spec leaves them; refuse a mismatch."""
+def resolve_model_kwargs(
+    cfg: TrainConfig, num_classes: int, in_channels: int, probe: torch.nn.Module
+) -> dict[str, Any]:
+    """Fill in num_classes / in_channels from the data where the spec leaves them; refuse a mismatch.
+    ``probe`` is the model as the spec alone builds it."""
     _, rest = split_spec(cfg.model)
     given = {**parse_kwargs(rest, f"model spec {cfg.model!r}"), **cfg.model_kwargs}
-    probe = create_model(cfg.model, **cfg.model_kwargs)
     kwargs = dict(cfg.model_kwargs)
     if probe.in_channels != in_channels:
         if "in_channels" in given:
@@ -353,10 +355,15 @@ def _fit(
         raise ConfigError(
             f"validation data has {val_set.num_classes} classes, training data {train_set.num_classes}"
         )
-    if not cfg.model_kwargs:
-        cfg.model_kwargs = resolve_model_kwargs(cfg, train_set.num_classes, train_set.in_channels)
+    # Built once after seeding; rebuilt (reseeded, so initial weights stay a function of the seed) only when
+    # the data changes its class count or input channels.
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, **cfg.model_kwargs)
+    if not cfg.model_kwargs:
+        cfg.model_kwargs = resolve_model_kwargs(cfg, train_set.num_classes, train_set.in_channels, model)
+        if cfg.model_kwargs:
+            torch.manual_seed(cfg.seed)
+            model = create_model(cfg.model, **cfg.model_kwargs)
     if cfg.precision == "bf16" and d.device.type == "cpu":
         console.print("note: bf16 convolutions fall back to slow kernels on this CPU (no AVX512-BF16/AMX)")
     ignore = getattr(train_set, "ignore_index", 255)
