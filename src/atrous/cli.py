@@ -188,6 +188,8 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, value when given)
     "--no-augment": ("augment", False),
     "--skip-bad": ("skip_bad", True),
     "--tensorboard": ("tensorboard", True),
+    "--compile": ("compile", True),
+    "--cpu-data": ("cpu_data", True),
 }
 
 

@@ -21,10 +21,11 @@ from rich.progress import (
 
 from atrous.data import build_dataset
 from atrous.errors import AtrousError
+from atrous.fileio import write_atomic
 from atrous.lab import ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy
 from atrous.lab.jobs import run_jobs
 from atrous.lab.presets import get_preset
-from atrous.lab.report import write_atomic, write_report
+from atrous.lab.report import write_report
 from atrous.models.registry import create_model
 
 EXERCISES = {m.KEY: m for m in (ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy)}

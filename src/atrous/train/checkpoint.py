@@ -74,8 +74,12 @@ def save_checkpoint(
         tmp = root / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        # safetensors refuses shared or non-contiguous storage: store plain contiguous copies.
-        save_file({k: v.detach().contiguous().clone() for k, v in model_state.items()}, str(tmp / MODEL_FILE))
+        # safetensors refuses shared or non-contiguous storage: store plain contiguous copies, on the host so
+        # that a checkpoint written on a GPU loads anywhere.
+        save_file(
+            {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model_state.items()},
+            str(tmp / MODEL_FILE),
+        )
         torch.save(state, tmp / STATE_FILE)
         manifest = {**meta, "step": step, "files": {f: _sha256(tmp / f) for f in (MODEL_FILE, STATE_FILE)}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

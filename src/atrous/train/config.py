@@ -44,6 +44,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = True  # 1.17-1.81x faster training on CPU for most zoo models (BENCHMARKS.md)
+    compile: bool = False  # torch.compile the training module (tens of seconds once per input shape)
+    cpu_data: bool = False  # synthetic data on a GPU: draw the noise on the CPU too (bit-equal to CPU runs)
     workers: int = 0
     augment: bool = True  # real data only: random scale, crop, flip, colour jitter
     crop: int | None = None

@@ -1,45 +1,57 @@
-"""The training loop: deterministic, resumable after SIGKILL, and the same code on one CPU or many GPUs.
+"""The training loop: deterministic, resumable after SIGKILL, and the same code on one CPU, one GPU or many.
 
-Exact resumption rests on three things. (1) The order of samples is a pure function of (seed, epoch): each
-epoch's global batches come from ``randperm`` with a generator seeded by both, and a resumed run skips the batches
-its checkpoint had done. (2) Samples and augmentations are pure functions of (seed, epoch, index)
-(``atrous.data``). (3) A checkpoint holds the weights, optimizer, scheduler, torch RNG (dropout) and the partial
-sums of the epoch's training loss; ``metrics.jsonl`` is cut back to the checkpoint's step on resume, so a line
-written after the last checkpoint is recomputed, identically, rather than lost or duplicated.
+Exact resumption rests on three things. (1) The order of samples is a pure function of (seed, epoch)
+(``batches.epoch_batches``), and a resumed run skips the batches its checkpoint had done. (2) Samples and
+augmentations are pure functions of (seed, epoch, index) (``atrous.data``). (3) A checkpoint holds the weights,
+optimizer, scheduler, RNG states (dropout) and the partial sums of the epoch's training loss;
+``metrics.jsonl`` is cut back to the checkpoint's step on resume, so a line written after the last checkpoint
+is recomputed, identically, rather than lost or duplicated.
 
-Under torchrun each global batch is split into equal contiguous slices, one per rank, so N processes with
-per-rank batch B/N see exactly the samples one process with batch B sees.
+On a GPU nothing waits for the device inside a step: the loss is summed on the device and the divergence check
+keeps the first non-finite step on the device too; both are read at log points (progress refresh, checkpoint,
+end of epoch), and a diverged run stops there, before anything is saved. On a CPU, where reading a value
+costs nothing, the check runs before every step, so a divergence stops the run before its optimizer step.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from atrous.data import build_dataset
 from atrous.data.synthetic import SyntheticTask
-from atrous.errors import AtrousError, ModelError
-from atrous.models.registry import create_model
-from atrous.spec import parse_kwargs, split_spec
+from atrous.device import autocast, check_compile, check_precision, synchronize
+from atrous.errors import AtrousError
+from atrous.fileio import write_atomic
 from atrous.train import checkpoint as ckpt
-from atrous.train.config import ConfigError, TrainConfig
-from atrous.train.distributed import Dist, all_reduce_sum, setup, teardown
+from atrous.train.batches import BatchStream, epoch_batches, rank_slice
+from atrous.train.config import TrainConfig
+from atrous.train.distributed import Dist, all_reduce_min, all_reduce_sum, setup, teardown
+from atrous.train.evaluate import evaluate
+from atrous.train.logbook import Logbook, truncate_metrics
 from atrous.train.losses import make_loss
-from atrous.train.metrics import AGGREGATION, SegmentationMetrics
+from atrous.train.metrics import AGGREGATION
+from atrous.train.setup import (
+    WithAux,
+    build_model,
+    load_datasets,
+    make_optimizer,
+    make_schedule,
+    plan_steps,
+    prepare_run_dir,
+)
 
 TIMING_KEYS = ("seconds", "img_per_s")  # measured, so excluded when runs are compared for equality
+
+__all__ = ["TIMING_KEYS", "FitResult", "TrainingDiverged", "evaluate", "fit"]
 
 
 class TrainingDiverged(AtrousError):
@@ -64,241 +76,7 @@ class FitResult:
     history: list[dict[str, Any]]
     best_miou: float
     steps: int
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Data order
-
-
-def epoch_batches(
-    n: int, batch: int, seed: int, epoch: int, shuffle: bool = True, drop_last: bool = False
-) -> list[list[int]]:
-    """The global batches of one epoch, a pure function of (n, batch, seed, epoch)."""
-    if shuffle:
-        gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
-        order = torch.randperm(n, generator=gen).tolist()
-    else:
-        order = list(range(n))
-    batches = [order[i : i + batch] for i in range(0, n, batch)]
-    if drop_last and batches and len(batches[-1]) < batch:
-        batches.pop()
-    return batches
-
-
-def rank_slice(batch: list[int], d: Dist) -> list[int]:
-    per = len(batch) // d.world
-    return batch[d.rank * per : (d.rank + 1) * per]
-
-
-def pad_collate(
-    samples: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples; different sizes (real data without crop) are padded: image 0, mask ``ignore_index``."""
-    h = max(x.shape[1] for x, _ in samples)
-    w = max(x.shape[2] for x, _ in samples)
-    images, masks = [], []
-    for x, y in samples:
-        images.append(F.pad(x, [0, w - x.shape[2], 0, h - x.shape[1]]))
-        masks.append(F.pad(y, [0, w - y.shape[1], 0, h - y.shape[0]], value=ignore_index))
-    return torch.stack(images), torch.stack(masks)
-
-
-def iterate(dataset, batches: list[list[int]], workers: int, ignore_index: int):
-    collate = lambda s: pad_collate(s, ignore_index)  # noqa: E731
-    if workers == 0:
-        for idx in batches:
-            yield collate([dataset[i] for i in idx])
-        return
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate
-    )
-    yield from loader
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Setup
-
-
-def default_val_spec(data: str) -> str | None:
-    name, rest = split_spec(data)
-    from atrous.data.synthetic import TASKS
-
-    if name in TASKS:
-        opts = parse_kwargs(rest, f"data spec {data!r}")
-        n = int(opts.get("n", TASKS[name].__dataclass_fields__["n"].default))
-        opts.update(split="val", n=max(32, n // 4))
-        return f"{name}:" + ",".join(
-            f"{k}={v}" if not isinstance(v, tuple) else f"{k}={','.join(map(str, v))}"
-            for k, v in opts.items()
-        )
-    if name == "voc":
-        return data if "split=" in data else f"{data}:split=val"
-    return None
-
-
-def resolve_model_kwargs(
-    cfg: TrainConfig, num_classes: int, in_channels: int, probe: torch.nn.Module
-) -> dict[str, Any]:
-    """Fill in num_classes / in_channels from the data where the spec leaves them; refuse a mismatch.
-    ``probe`` is the model as the spec alone builds it."""
-    _, rest = split_spec(cfg.model)
-    given = {**parse_kwargs(rest, f"model spec {cfg.model!r}"), **cfg.model_kwargs}
-    kwargs = dict(cfg.model_kwargs)
-    if probe.in_channels != in_channels:
-        if "in_channels" in given:
-            raise ModelError(
-                f"model {cfg.model!r} takes {probe.in_channels} input channels but the data has "
-                f"{in_channels}; drop in_channels from the spec or set it to {in_channels}"
-            )
-        kwargs["in_channels"] = in_channels
-    compatible = probe.num_classes == num_classes or (probe.num_classes == 1 and num_classes == 2)
-    if not compatible:
-        if "num_classes" in given:  # the user asked for it: a mismatch is an error, not something to fix
-            raise ModelError(
-                f"model {cfg.model!r} predicts {probe.num_classes} classes but the data has {num_classes}; "
-                f"set num_classes={num_classes} in the model spec"
-            )
-        kwargs["num_classes"] = num_classes
-    return kwargs
-
-
-def make_schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    """LR multiplier per step: linear warm-up, then poly (power 0.9), cosine, step (x0.1 at 1/2 and 3/4) or
-    constant."""
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        t = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
-        if cfg.schedule == "poly":
-            return (1 - t) ** 0.9
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * t))
-        if cfg.schedule == "step":
-            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-        return 1.0
-
-    return factor
-
-
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-class WithAux(torch.nn.Module):
-    """Routes DDP's forward to ``forward_aux`` so the auxiliary head's gradients are synchronised too."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if hasattr(self.model, "forward_aux"):
-            return self.model.forward_aux(x)
-        return self.model(x), None
-
-
-def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool, main: bool) -> tuple[Path, TrainConfig]:
-    """Decide what RUN_DIR becomes without touching it yet; returns (run dir, effective config)."""
-    run = Path(cfg.out)
-    saved = run / "config.json"
-    if resume:
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {run} holds no run (no config.json); start it without --resume")
-        old = TrainConfig.from_file(saved)
-        if cfg.model or cfg.data:
-            diff = old.differences(cfg)
-            if diff:
-                raise ConfigError(
-                    f"--resume with a changed config: {', '.join(diff)} differ from {saved}; resume "
-                    "with the same options (or none), or start a new run with another --out"
-                )
-        merged = TrainConfig.from_json(
-            {**old.to_json(), **{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE}}
-        )
-        return run, merged
-    if run.exists() and any(run.iterdir()) and not overwrite:
-        what = "another run" if saved.is_file() else "files that are not an atrous run"
-        raise ConfigError(
-            f"{run} already holds {what}; pass --overwrite to replace it, --resume to continue "
-            "it, or choose another --out"
-        )
-    return run, cfg
-
-
-def _truncate_metrics(path: Path, step: int) -> list[dict]:
-    """Keep the complete lines up to ``step``: later ones are recomputed identically after a resume."""
-    if not path.exists():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by the kill
-        if rec["step"] > step:
-            break
-        kept.append(rec)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
-    return kept
-
-
-def _scalars(record: dict) -> list[tuple[str, float]]:
-    out = [
-        ("train/loss", record["train_loss"]),
-        ("train/lr", record["lr"]),
-        ("train/img_per_s", record["img_per_s"]),
-    ]
-    for key in ("miou", "mdice", "pixel_acc"):
-        if "val" in record:
-            out.append((f"val/{key}", record["val"][key]))
-    return out
-
-
-def _append_line(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    dataset,
-    batch_size: int,
-    device: torch.device,
-    d: Dist | None = None,
-    channels_last: bool = False,
-    workers: int = 0,
-) -> dict[str, Any]:
-    """Metrics of ``model`` on ``dataset`` (this rank's share of the batches; torchmetrics syncs the matrix)."""
-    d = d or Dist()
-    was_training = model.training
-    model.eval()
-    metrics = SegmentationMetrics(dataset.num_classes, getattr(dataset, "ignore_index", 255), device)
-    batches = epoch_batches(len(dataset), batch_size, 0, 0, shuffle=False)[d.rank :: d.world]
-    for x, y in iterate(dataset, batches, workers, getattr(dataset, "ignore_index", 255)):
-        x = x.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        metrics.update(model(x).float(), y.to(device))
-    model.train(was_training)
-    return metrics.compute().to_json()
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The loop
+    compile_seconds: float | None = None  # wall time of the first (compiling) step, with --compile
 
 
 def fit(
@@ -313,236 +91,278 @@ def fit(
     console = console or Console()
     d = setup(cfg.device)
     try:
-        return _fit(cfg, resume, overwrite, console, d, until)
+        return Trainer(cfg, resume, overwrite, console, d).run(until)
     finally:
         teardown(d)
 
 
-def _fit(
-    cfg: TrainConfig,
-    resume: bool,
-    overwrite: bool,
-    console: Console,
-    d: Dist,
-    until: Callable[[dict], bool] | None = None,
-) -> FitResult:
-    run, cfg = prepare_run_dir(cfg, resume, overwrite, d.main)
-    cfg.validate()
-    if d.enabled and cfg.batch_size % d.world:
-        raise ConfigError(
-            f"--batch-size {cfg.batch_size} is the global batch: it must divide by the {d.world} ranks"
-        )
-    train_set = build_dataset(
-        cfg.data,
-        split="train",
-        seed=cfg.seed,
-        augment=cfg.augment,
-        crop=cfg.crop,
-        check=True,
-        skip_bad=cfg.skip_bad,
-    )
-    val_spec = cfg.val if cfg.val is not None else default_val_spec(cfg.data)
-    if val_spec is None:
-        raise ConfigError(
-            f"give --val for {split_spec(cfg.data)[0]} data (or --val none to train without one)"
-        )
-    val_set = (
-        None
-        if val_spec == "none"
-        else build_dataset(val_spec, split="val", seed=cfg.seed, check=True, skip_bad=cfg.skip_bad)
-    )
-    if val_set is not None and val_set.num_classes != train_set.num_classes:
-        raise ConfigError(
-            f"validation data has {val_set.num_classes} classes, training data {train_set.num_classes}"
-        )
-    # Built once after seeding; rebuilt (reseeded, so initial weights stay a function of the seed) only when
-    # the data changes its class count or input channels.
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, **cfg.model_kwargs)
-    if not cfg.model_kwargs:
-        cfg.model_kwargs = resolve_model_kwargs(cfg, train_set.num_classes, train_set.in_channels, model)
-        if cfg.model_kwargs:
-            torch.manual_seed(cfg.seed)
-            model = create_model(cfg.model, **cfg.model_kwargs)
-    if cfg.precision == "bf16" and d.device.type == "cpu":
-        console.print("note: bf16 convolutions fall back to slow kernels on this CPU (no AVX512-BF16/AMX)")
-    ignore = getattr(train_set, "ignore_index", 255)
-    loss_fn = make_loss(cfg.loss, model.num_classes, cfg.dice_per_image, ignore)
-    drop_last = d.enabled
-    steps_per_epoch = len(epoch_batches(len(train_set), cfg.batch_size, cfg.seed, 0, drop_last=drop_last))
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"{len(train_set)} training samples make no full batch of {cfg.batch_size} across ranks"
-        )
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
-    epochs = math.ceil(total / steps_per_epoch)
+@dataclass
+class _DeviceSums:
+    """Per-epoch sums kept on the device: the training loss (float64, like the host sum it replaces) and the
+    first step whose loss was not finite (inf while there is none)."""
 
-    model.to(d.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(cfg, total))
-    state = LoopState()
-    metrics_path = run / "metrics.jsonl"
-    history: list[dict] = []
-    last = run / "last"
-    if resume:
-        if last.exists():
-            ckpt.load_into(model, last)
-            saved = ckpt.load_state(last)
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["rng_torch"])
-            state = LoopState(**saved["loop"])
-        if d.main:
-            history = _truncate_metrics(metrics_path, state.step)
-            console.print(f"resuming {run} at step {state.step} (epoch {state.epoch + 1})")
-    elif d.main:
+    device: torch.device
+    loss: torch.Tensor = field(init=False)
+    first_bad: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reset(0.0)
+        self.first_bad = torch.full((), math.inf, dtype=torch.float64, device=self.device)
+
+    def reset(self, loss: float) -> None:
+        self.loss = torch.full((), loss, dtype=torch.float64, device=self.device)
+
+
+class Trainer:
+    """One run: built (every check passed, nothing written) in ``__init__``, trained by ``run``."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool, overwrite: bool, console: Console, d: Dist) -> None:
+        self.run_dir, cfg = prepare_run_dir(cfg, resume, overwrite, d.main)
+        cfg.validate()
+        check_precision(cfg.precision, d.device)
+        if cfg.compile:
+            check_compile(d.device)
+        self.d, self.console, self.resume = d, console, resume
+        self.train_set, self.val_set = load_datasets(cfg)
+        self.model, self.cfg = build_model(cfg, self.train_set)
+        cfg = self.cfg
+        if cfg.precision == "bf16" and d.device.type == "cpu":
+            console.print(
+                "note: bf16 convolutions fall back to slow kernels on this CPU (no AVX512-BF16/AMX)"
+            )
+        self.ignore = getattr(self.train_set, "ignore_index", 255)
+        self.loss_fn = make_loss(cfg.loss, self.model.num_classes, cfg.dice_per_image, self.ignore)
+        self.total, self.epochs, self.drop_last = plan_steps(cfg, len(self.train_set), d.world)
+        self.model.to(d.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_schedule(cfg, self.total))
+        self.state = LoopState()
+        self.sums = _DeviceSums(d.device)
+        self.history: list[dict] = []
+        # On a CPU a value is read at no cost, so the divergence check runs before every optimizer step.
+        self.eager_checks = d.device.type == "cpu"
+        on_device = None if not cfg.cpu_data else False
+        self.stream = BatchStream(self.train_set, d.device, cfg.workers, on_device)
+        self.val_stream = (
+            BatchStream(self.val_set, d.device, cfg.workers, on_device) if self.val_set is not None else None
+        )
+        self.has_aux = getattr(self.model, "aux_classifier", None) is not None
+        self.compile_seconds: float | None = None
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def run(self, until: Callable[[dict], bool] | None) -> FitResult:
+        if self.resume:
+            self._restore()
+        elif self.d.main:
+            self._start_run_dir()
+        self.net = self._wrap()
+        self.net.train()
+        done = self.state.step
+        with Logbook(self.run_dir, self.console, self.d.main, self.cfg.tensorboard, self.total, done) as log:
+            while self.state.step < self.total and self.state.epoch < self.epochs:
+                self._train_epoch(log)
+                record = self._end_epoch(log)
+                if until is not None and until(record):
+                    break
+        return FitResult(
+            self.run_dir, self.history, self.state.best_miou, self.state.step, self.compile_seconds
+        )
+
+    def _wrap(self) -> torch.nn.Module:
+        """The module that trains: main and auxiliary logits, DDP (SyncBatchNorm on GPUs), torch.compile."""
+        net: torch.nn.Module = WithAux(self.model)
+        d = self.d
+        if d.enabled:
+            if d.device.type == "cuda":
+                net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[d.device] if d.device.type == "cuda" else None
+            )
+        return torch.compile(net) if self.cfg.compile else net
+
+    def _train_epoch(self, log: Logbook) -> None:
+        cfg, state, d = self.cfg, self.state, self.d
+        batches = epoch_batches(
+            len(self.train_set), cfg.batch_size, cfg.seed, state.epoch, drop_last=self.drop_last
+        )
+        todo = [rank_slice(b, d.rank, d.world) for b in batches[state.batch_in_epoch :]]
+        todo = todo[: self.total - state.step]
+        start = time.perf_counter()
+        for x, y in self.stream(todo, state.epoch):
+            first = self.compile_seconds is None and cfg.compile
+            loss = self._step(x, y)
+            if first:
+                synchronize(d.device)
+                self.compile_seconds = time.perf_counter() - start
+                if d.main:
+                    self.console.print(
+                        f"torch.compile: first step (compilation) took {self.compile_seconds:.1f} s"
+                    )
+            state.step += 1
+            state.batch_in_epoch += 1
+            state.loss_count += len(x) * d.world
+            log.step(loss, state.epoch + 1, self.epochs)
+            mid_epoch = state.batch_in_epoch < len(batches)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and mid_epoch:
+                synchronize(d.device)
+                state.seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self._save(("last",))
+            if state.step >= self.total:
+                break
+        synchronize(d.device)
+        state.seconds += time.perf_counter() - start
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.d.device, self.cfg.precision):
+            out, aux = self.net(x)
+            loss = self.loss_fn(out.float(), y)
+            if self.has_aux and aux is not None:
+                loss = loss + self.cfg.aux_weight * self.loss_fn(aux.float(), y)
+        value = loss.detach().float()
+        self.sums.loss += (value * len(x)).double()
+        if self.eager_checks:
+            self._raise_if_diverged(value)
+        else:
+            step = torch.full_like(self.sums.first_bad, self.state.step + 1)
+            bad = torch.where(torch.isfinite(value), math.inf, step)
+            torch.minimum(self.sums.first_bad, bad, out=self.sums.first_bad)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return value
+
+    # -- divergence ---------------------------------------------------------------------------------------------
+    def _raise_if_diverged(self, value: torch.Tensor | None = None) -> None:
+        """Eager (CPU): ``value`` is this step's loss. Deferred (GPU): read the first bad step kept on the device."""
+        if value is not None:
+            total = all_reduce_sum(value.clone(), self.d)
+            if torch.isfinite(total):
+                return
+            what, step = f"loss became {total.item()}", self.state.step + 1
+        else:
+            first = float(all_reduce_min(self.sums.first_bad.clone(), self.d))
+            if math.isinf(first):
+                return
+            what, step = "loss became non-finite (nan or inf)", int(first)
+        last = self.run_dir / "last"
+        where = (
+            f"the last good checkpoint is {last} (step {ckpt.verify(last)['step']})"
+            if last.exists()
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingDiverged(
+            f"{what} at step {step} (epoch {self.state.epoch + 1}); {where}; lower --lr or add --warmup"
+        )
+
+    # -- epochs, checkpoints --------------------------------------------------------------------------------
+    def _end_epoch(self, log: Logbook) -> dict:
+        state = self.state
+        loss_sum = self._synced_loss_sum()
+        record = {
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "train_loss": loss_sum / max(1, state.loss_count),
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": state.seconds,
+            "img_per_s": state.loss_count / max(state.seconds, 1e-9),
+        }
+        if self.val_set is not None:
+            cfg = self.cfg
+            record["val"] = evaluate(
+                self.model,
+                self.val_set,
+                cfg.eval_batch_size or cfg.batch_size,
+                self.d.device,
+                self.d,
+                cfg.channels_last,
+                precision=cfg.precision,
+                stream=self.val_stream,
+            )
+        record["aggregation"] = AGGREGATION
+        miou = record.get("val", {}).get("miou", -state.step)
+        improved = miou > state.best_miou
+        if improved:
+            state.best_miou, state.best_step = miou, state.step
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        state.loss_sum, state.loss_count, state.seconds = 0.0, 0, 0.0
+        self.sums.reset(0.0)
+        if self.d.main:
+            self.history.append(record)
+        log.epoch(record, self.epochs)
+        self._save(("last", "best") if improved else ("last",), check=False)
+        return record
+
+    def _synced_loss_sum(self) -> float:
+        """The epoch's loss sum over all ranks, read from the device (a log point: divergence is checked)."""
+        self._raise_if_diverged()
+        total = float(all_reduce_sum(self.sums.loss.clone(), self.d))
+        # Under DDP each rank restarts its device sum from its share; rank 0 carries a resumed partial sum.
+        self.state.loss_sum = total
+        return total
+
+    def _save(self, links: tuple[str, ...], check: bool = True) -> None:
+        if check:
+            self._synced_loss_sum()
+        if not self.d.main:
+            return
+        rng = {"rng_torch": torch.get_rng_state()}
+        if self.d.device.type == "cuda":
+            rng["rng_cuda"] = torch.cuda.get_rng_state(self.d.device)
+        payload = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            **rng,
+            "loop": asdict(self.state),
+        }
+        meta = {"model": self.cfg.model, "model_kwargs": self.cfg.model_kwargs, "epoch": self.state.epoch}
+        meta.update(self._data_meta())
+        ckpt.save_checkpoint(self.run_dir, self.state.step, self.model.state_dict(), payload, meta, links)
+
+    def _data_meta(self) -> dict[str, Any]:
+        ds = self.train_set
+        return {
+            "data": self.cfg.data,
+            "class_names": list(ds.class_names),
+            "palette": [list(c) for c in getattr(ds, "palette", None) or []] or None,
+            "ignore_index": self.ignore,
+            "normalization": "imagenet" if not isinstance(ds, SyntheticTask) else "none",
+        }
+
+    # -- starting and resuming -------------------------------------------------------------------------------
+    def _start_run_dir(self) -> None:
+        run = self.run_dir
         if run.exists():
             shutil.rmtree(run)
         run.mkdir(parents=True)
-        tmp = run / ".config.json.tmp"
-        tmp.write_text(json.dumps(cfg.to_json(), indent=2))
-        os.replace(tmp, run / "config.json")
-        skipped = getattr(train_set, "skipped", [])
+        write_atomic(run / "config.json", json.dumps(self.cfg.to_json(), indent=2))
+        skipped = getattr(self.train_set, "skipped", [])
         if skipped:
-            console.print(f"--skip-bad: left out {len(skipped)} file(s):")
+            self.console.print(f"--skip-bad: left out {len(skipped)} file(s):")
             for p in skipped:
-                console.print(f"  {p.line()}")
+                self.console.print(f"  {p.line()}")
 
-    net: torch.nn.Module = WithAux(model)
-    if d.enabled:
-        if d.device.type == "cuda":
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[d.device] if d.device.type == "cuda" else None
-        )
-    has_aux = getattr(model, "aux_classifier", None) is not None
-    data_meta = {
-        "data": cfg.data,
-        "class_names": list(train_set.class_names),
-        "palette": [list(c) for c in getattr(train_set, "palette", None) or []] or None,
-        "ignore_index": ignore,
-        "normalization": "imagenet" if not isinstance(train_set, SyntheticTask) else "none",
-    }
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-
-    def save(links: tuple[str, ...]) -> None:
-        if not d.main:
-            return
-        payload = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "loop": asdict(state),
-        }
-        meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "epoch": state.epoch, **data_meta}
-        ckpt.save_checkpoint(run, state.step, model.state_dict(), payload, meta, links)
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (d.main and console.is_terminal),
-    )
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    writer = None
-    if cfg.tensorboard and d.main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run / "tensorboard"))
-    net.train()
-    with progress:
-        task = progress.add_task("train", total=total, completed=state.step, info="")
-        while state.step < total and state.epoch < epochs:
-            batches = epoch_batches(
-                len(train_set), cfg.batch_size, cfg.seed, state.epoch, drop_last=drop_last
+    def _restore(self) -> None:
+        last = self.run_dir / "last"
+        if last.exists():
+            ckpt.load_into(self.model, last)
+            saved = ckpt.load_state(last)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["rng_torch"])
+            if self.d.device.type == "cuda" and "rng_cuda" in saved:
+                torch.cuda.set_rng_state(saved["rng_cuda"], self.d.device)
+            self.state = LoopState(**saved["loop"])
+            # The saved sum covers all ranks: rank 0 carries it on, the others restart from zero.
+            self.sums.reset(self.state.loss_sum if self.d.main else 0.0)
+        if self.d.main:
+            self.history = truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+            self.console.print(
+                f"resuming {self.run_dir} at step {self.state.step} (epoch {self.state.epoch + 1})"
             )
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(state.epoch)
-            todo = [rank_slice(b, d) for b in batches[state.batch_in_epoch :]]
-            todo = todo[: total - state.step]
-            start = time.perf_counter()
-            for x, y in iterate(train_set, todo, cfg.workers, ignore):
-                x, y = x.to(d.device), y.to(d.device)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    out, aux = net(x)
-                    loss = loss_fn(out.float(), y)
-                    if has_aux and aux is not None:
-                        loss = loss + cfg.aux_weight * loss_fn(aux.float(), y)
-                totals = all_reduce_sum(
-                    torch.stack([loss.detach().float() * len(x), torch.tensor(float(len(x)))]), d
-                )
-                if not torch.isfinite(totals[0]):
-                    where = (
-                        f"the last good checkpoint is {last} (step {ckpt.verify(last)['step']})"
-                        if last.exists()
-                        else "no checkpoint had been written yet"
-                    )
-                    raise TrainingDiverged(
-                        f"loss became {totals[0].item()} at step {state.step + 1} (epoch "
-                        f"{state.epoch + 1}); {where}; lower --lr or add --warmup"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                state.step += 1
-                state.batch_in_epoch += 1
-                state.loss_sum += float(totals[0])
-                state.loss_count += int(totals[1])
-                progress.update(
-                    task, advance=1, info=f"epoch {state.epoch + 1}/{epochs} loss {float(loss.detach()):.4f}"
-                )
-                if (
-                    cfg.checkpoint_every
-                    and state.step % cfg.checkpoint_every == 0
-                    and state.batch_in_epoch < len(batches)
-                ):
-                    state.seconds += time.perf_counter() - start
-                    start = time.perf_counter()
-                    save(("last",))
-                if state.step >= total:
-                    break
-            state.seconds += time.perf_counter() - start
-            record = {
-                "epoch": state.epoch + 1,
-                "step": state.step,
-                "train_loss": state.loss_sum / max(1, state.loss_count),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": state.seconds,
-                "img_per_s": state.loss_count / max(state.seconds, 1e-9),
-            }
-            if val_set is not None:
-                record["val"] = evaluate(model, val_set, eval_bs, d.device, d, cfg.channels_last, cfg.workers)
-            record["aggregation"] = AGGREGATION
-            miou = record.get("val", {}).get("miou", -state.step)
-            improved = miou > state.best_miou
-            if improved:
-                state.best_miou, state.best_step = miou, state.step
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.loss_sum, state.loss_count, state.seconds = 0.0, 0, 0.0
-            if d.main:
-                _append_line(metrics_path, record)
-                if writer is not None:
-                    for name, value in _scalars(record):
-                        writer.add_scalar(name, value, state.step)
-                history.append(record)
-                val = record.get("val")
-                console.print(
-                    f"epoch {record['epoch']}/{epochs} step {record['step']} loss {record['train_loss']:.4f}"
-                    + (f" val mIoU {val['miou']:.4f} mDice {val['mdice']:.4f}" if val else "")
-                    + f" ({record['img_per_s']:.1f} img/s)"
-                )
-            save(("last", "best") if improved else ("last",))
-            if until is not None and until(record):
-                break
-    if writer is not None:
-        writer.close()
-    return FitResult(run, history, state.best_miou, state.step)
