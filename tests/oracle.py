@@ -1,7 +1,7 @@
 """An independent receptive-field oracle: gradient support of one output pixel.
 
 Every weight is set to a positive constant (1 / fan-in, so values stay finite), max pooling is replaced by
-average pooling over the same windows, BatchNorm becomes the identity; inputs are positive. Then every path from
+average pooling over the same windows, BatchNorm is replaced by the identity; inputs are positive. Then every path from
 an input pixel to the chosen output pixel carries a strictly positive product, nothing cancels, and the input
 pixels with a nonzero gradient are exactly the pixels that reach the output. It shares no code with the engine.
 """
@@ -48,8 +48,8 @@ def positive_copy(model: nn.Module) -> nn.Module:
                 if module.bias is not None:
                     module.bias.zero_()
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_parameters()
-            module.eps = 0.0
+            # The identity (eval-mode BatchNorm with unit statistics and eps = 0, which PyTorch < 2.13 refuses).
+            _replace(model, name, nn.Identity())
         elif isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
             dim = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(module)]
             _replace(model, name, _MaxAsAvg(module, dim))
