@@ -5,11 +5,19 @@ them (channels-last MLPs), ``view`` can merge them with other dims (``x.view(N *
 and split them back. A ``Loc`` records the dim an axis lives in and how to read the axis index from the dim
 index: ``(index // inner) % size``. A tensor that no longer indexes an axis (after a reduction or ``select``)
 has no Loc for it; its map along that axis is then the same for every element.
+
+Attention code splits an axis across dims: Swin's window partition views ``(N, H, W, C)`` as
+``(N, H // w, w, W // w, w, C)``, so the row index is ``w * i + j`` with ``i`` and ``j`` in different dims. Such an
+axis is a :class:`Split`: mixed-radix digits (:class:`Part`), each read from one dim like a Loc. Digits keep the
+weight they had in the unsplit axis, so the same digit can be recognised in two tensors (queries and keys) even
+after an op removed other digits. Token sequences with extra tokens (a class token concatenated in front of the
+patch tokens) keep their positions through ``Loc.offset``: the extra tokens carry no position.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from math import prod
 
 
@@ -19,9 +27,94 @@ class Loc:
     inner: int
     size: int
     plain: bool = True  # the dim holds this axis alone (the usual case; ops that resize a dim need it)
+    offset: int = 0  # dim indexes before ``offset`` (and past the positions) are extra tokens, no position
 
 
-Layout = tuple[Loc | None, ...]
+@dataclass(frozen=True)
+class Part:
+    """One digit of a split axis: ``(index // inner) % size`` of ``dim``, worth ``weight`` in the unsplit axis."""
+
+    dim: int
+    inner: int
+    size: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class Split:
+    """An axis spread over several dims; ``parts`` by increasing weight, at least two, each of size > 1."""
+
+    parts: tuple[Part, ...]
+
+    @property
+    def size(self) -> int:
+        """Positions in the axis as this tensor indexes it (the digits present, in mixed radix)."""
+        return prod(p.size for p in self.parts)
+
+    @property
+    def dims(self) -> set[int]:
+        return {p.dim for p in self.parts}
+
+
+Layout = tuple[Loc | Split | None, ...]
+
+
+def parts_of(loc: Loc | Split) -> tuple[Part, ...]:
+    return loc.parts if isinstance(loc, Split) else (Part(loc.dim, loc.inner, loc.size, 1),)
+
+
+def current_weights(parts: tuple[Part, ...]) -> list[int]:
+    """Weight of each digit in the index the tensor carries (digits removed by a reduction close up)."""
+    out, acc = [], 1
+    for p in sorted(parts, key=lambda p: p.weight):
+        out.append(acc)
+        acc *= p.size
+    order = sorted(range(len(parts)), key=lambda i: parts[i].weight)
+    result = [0] * len(parts)
+    for rank, i in enumerate(order):
+        result[i] = out[rank]
+    return result
+
+
+def from_parts(parts: list[Part], shape: tuple[int, ...]) -> Loc | Split | None:
+    """The canonical Loc or Split for a set of digits: size-1 digits dropped, neighbours in one dim merged, a
+    single digit that is the whole axis written as a Loc."""
+    parts = sorted((p for p in parts if p.size > 1), key=lambda p: p.weight)
+    merged: list[Part] = []
+    for p in parts:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.dim == p.dim
+            and last.inner * last.size == p.inner
+            and last.weight * last.size == p.weight
+        ):
+            merged[-1] = Part(last.dim, last.inner, last.size * p.size, last.weight)
+        else:
+            merged.append(p)
+    if not merged:
+        return None
+    if len(merged) == 1:
+        # One digit left (the others reduced away): the dim is an ordinary axis again, counted in its own
+        # steps (a sum over each window leaves one index per window, like a pooling of stride w).
+        p = merged[0]
+        return Loc(p.dim, p.inner, p.size, p.inner == 1 and p.size == shape[p.dim])
+    return Split(tuple(merged))
+
+
+def move(loc: Loc | Split | None, where: dict[int, int] | int | Callable[[int], int]) -> Loc | Split | None:
+    """The same axis with its dims renumbered: ``where`` maps old dims to new ones, or is a shift for all."""
+
+    def new(d: int) -> int:
+        if isinstance(where, int):
+            return d + where
+        return where[d] if isinstance(where, dict) else where(d)
+
+    if loc is None:
+        return None
+    if isinstance(loc, Split):
+        return Split(tuple(Part(new(p.dim), p.inner, p.size, p.weight) for p in loc.parts))
+    return replace(loc, dim=new(loc.dim))
 
 
 def input_layout(ndim: int, spatial: int) -> Layout:
@@ -33,23 +126,27 @@ def input_layout(ndim: int, spatial: int) -> Layout:
 def with_sizes(layout: Layout, shape: tuple[int, ...]) -> Layout:
     """Fill in the sizes of plain locs from a shape."""
     return tuple(
-        None if loc is None else Loc(loc.dim, loc.inner, shape[loc.dim], True) if loc.plain else loc
+        Loc(loc.dim, loc.inner, shape[loc.dim], True) if isinstance(loc, Loc) and loc.plain else loc
         for loc in layout
     )
 
 
 def axis_at_dim(layout: Layout, dim: int) -> int | None:
     """The axis living alone in ``dim``, or None. Raises ValueError if ``dim`` mixes an axis with others."""
-    found = [a for a, loc in enumerate(layout) if loc is not None and loc.dim == dim]
+    found = [a for a, loc in enumerate(layout) if loc is not None and dim in dims_of(loc)]
     if not found:
         return None
-    if len(found) > 1 or not layout[found[0]].plain:
+    if len(found) > 1 or isinstance(layout[found[0]], Split) or not layout[found[0]].plain:
         raise ValueError(f"dim {dim} holds several input axes")
     return found[0]
 
 
+def dims_of(loc: Loc | Split) -> set[int]:
+    return loc.dims if isinstance(loc, Split) else {loc.dim}
+
+
 def dims_with_axes(layout: Layout) -> set[int]:
-    return {loc.dim for loc in layout if loc is not None}
+    return {d for loc in layout if loc is not None for d in dims_of(loc)}
 
 
 def channel_dim(layout: Layout, shape: tuple[int, ...]) -> int | None:
@@ -63,42 +160,70 @@ def contiguous_strides(shape: tuple[int, ...]) -> list[int]:
     return [prod(shape[d + 1 :]) for d in range(len(shape))]
 
 
+def _split_part(
+    p: Part, old_strides: list[int], new_strides: list[int], new: tuple[int, ...]
+) -> list[Part] | None:
+    """The digits of ``p`` after a view: one per new dim that holds some of its range of the row-major linear
+    index, or None when a new dim boundary cuts the digit off-grid (its index can no longer be read)."""
+    step = p.inner * old_strides[p.dim]
+    top = step * p.size
+    pieces = []
+    for d, (st, size) in enumerate(zip(new_strides, new)):
+        lower, upper = max(step, st), min(top, st * size)
+        if size == 1 or lower >= upper:
+            continue
+        if lower % step or lower % st or upper % lower:
+            return None
+        pieces.append(Part(d, lower // st, upper // lower, p.weight * (lower // step)))
+    return pieces if prod(q.size for q in pieces) == p.size else None
+
+
+def _move_tokens(loc: Loc, old: tuple[int, ...], new: tuple[int, ...]) -> Loc | None:
+    """A token dim with extra tokens survives a view only as a whole (batch dims of size 1 merged into it)."""
+    old_strides, new_strides = contiguous_strides(old), contiguous_strides(new)
+    lo, hi = old_strides[loc.dim], old_strides[loc.dim] * old[loc.dim]
+    for d, (st, size) in enumerate(zip(new_strides, new)):
+        if st * size == hi and lo % st == 0:
+            f = lo // st
+            return Loc(d, loc.inner * f, loc.size, False, loc.offset * f)
+    return None
+
+
 def reshape(
     layout: Layout, old: tuple[int, ...], new: tuple[int, ...]
 ) -> tuple[Layout, list[int], list[int]]:
     """Layout after a view/reshape (row-major order is kept). Returns (layout, dropped, lost) where ``dropped``
-    are axes of size 1 that no longer have a dim and ``lost`` axes whose index cannot be read from a single dim
-    any more (a spatial dim split across dims)."""
+    are axes of size 1 that no longer have a dim and ``lost`` axes whose index cannot be read any more (a dim
+    cut off-grid). Splitting an axis across dims is followed exactly (it becomes a :class:`Split`)."""
     old_strides, new_strides = contiguous_strides(old), contiguous_strides(new)
-    result: list[Loc | None] = []
+    result: list[Loc | Split | None] = []
     dropped, lost = [], []
     for axis, loc in enumerate(layout):
         if loc is None:
             result.append(None)
             continue
-        if loc.size == 1:
+        if isinstance(loc, Loc) and loc.size == 1:
             result.append(None)
             dropped.append(axis)
             continue
-        linear = loc.inner * old_strides[loc.dim]  # step of the axis in the row-major linear index
-        placed = None
-        for d, (step, size) in enumerate(zip(new_strides, new)):
-            if size > 1 and step <= linear < step * size:
-                inner = linear // step
-                if linear % step == 0 and size % (inner * loc.size) == 0:
-                    placed = Loc(d, inner, loc.size, inner == 1 and size == loc.size)
-                break
-        if placed is None:
-            result.append(None)
-            lost.append(axis)
+        if isinstance(loc, Loc) and loc.offset:
+            placed = _move_tokens(loc, old, new)
         else:
-            result.append(placed)
+            pieces: list[Part] | None = []
+            for p in parts_of(loc):
+                sub = _split_part(p, old_strides, new_strides, new)
+                if sub is None:
+                    pieces = None
+                    break
+                pieces += sub
+            placed = from_parts(pieces, new) if pieces is not None else None
+        if placed is None:
+            lost.append(axis)
+        result.append(placed)
     return tuple(result), dropped, lost
 
 
 def permute(layout: Layout, perm: list[int]) -> Layout:
     """Layout after ``permute(perm)``: new dim i is old dim perm[i]."""
     where = {old: new for new, old in enumerate(perm)}
-    return tuple(
-        None if loc is None else Loc(where[loc.dim], loc.inner, loc.size, loc.plain) for loc in layout
-    )
+    return tuple(move(loc, where) for loc in layout)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from math import ceil, floor, gcd
+from math import ceil, floor, gcd, prod
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torch
 from atrous.errors import UnsupportedOpError
 from atrous.rf import layout as L
 from atrous.rf.graph import OpCall, TensorArg
-from atrous.rf.layout import Layout, Loc
+from atrous.rf.layout import Layout, Loc, Part, Split
 from atrous.rf.support import GLOBAL, IDENTITY, AxisMap, Offsets
 
 # ------------------------------------------------------------------------------------------------------------
@@ -196,6 +196,59 @@ def _windows_rule(windows: Callable[[int], tuple[int, int] | list[int]], ratio: 
         w = windows(phi)
         phases.append(Offsets.interval(*w) if isinstance(w, tuple) else Offsets.of(w))
     return AxisMap(P, A, tuple(phases)).normalized()
+
+
+def _digits(v: np.ndarray, parts: tuple[Part, ...], weights: list[int]) -> np.ndarray:
+    """Digit values of indexes ``v`` for the digits of the given (unsplit-axis) weights, one row each."""
+    current = dict(zip((p.weight for p in parts), L.current_weights(parts)))
+    sizes = {p.weight: p.size for p in parts}
+    return (
+        np.stack([(v // current[w]) % sizes[w] for w in weights]) if weights else np.zeros((0, len(v)), int)
+    )
+
+
+def digit_rule(src: tuple[Part, ...], out: tuple[Part, ...], free: set[int]) -> AxisRule:
+    """Output index ``u`` reads every source index ``v`` that agrees with it on each digit of the source that is
+    not ``free`` and that the output also indexes (digits are matched by their weight in the unsplit axis).
+
+    This one relation covers what attention does to split axes: softmax or a matrix product along the tokens of
+    a window (``free`` = the in-window digits, kept by the output: each position reads its whole window), a sum
+    over a window (the digits are gone from the output: stride w) and the plain global case (the only digit free).
+    Windows are not shift invariant: when the top digit is kept, the periodic map has one phase per position in
+    the window (period w, stride 1), which the report lists; when the top digit is free, the theoretical map on
+    an unbounded input is global while the in-image relation (``finite``) stays exact.
+    Raises ValueError when the two tensors split the axis differently.
+    """
+    out_sizes = {p.weight: p.size for p in out}
+    for a in src:
+        for b in out:
+            same = a.weight == b.weight
+            overlap = a.weight < b.weight * b.size and b.weight < a.weight * a.size
+            if (same and a.size != b.size) or (overlap and not same):
+                raise ValueError("the tensors split a spatial axis into different digits")
+    kept = [p.weight for p in src if p.weight not in free and p.weight in out_sizes]
+    n_in, n_out = prod(p.size for p in src), prod(p.size for p in out)
+
+    def finite(n_in_: int, n_out_: int) -> np.ndarray:
+        key_in = _digits(np.arange(n_in_), src, kept)
+        key_out = _digits(np.arange(n_out_), out, kept)
+        return (key_out[:, :, None] == key_in[:, None, :]).all(axis=0)
+
+    top = max(p.weight for p in src)
+    if top not in kept:
+        if not kept:
+            return GLOBAL_RULE
+        return AxisRule(AxisMap.constant(GLOBAL), finite)
+    if top != max(p.weight for p in out):
+        raise ValueError("the output indexes a coarser digit than the source")
+    period = L.current_weights(out)[[p.weight for p in out].index(top)]
+    advance = L.current_weights(src)[[p.weight for p in src].index(top)]
+    rel = finite(advance, period)  # below one step of the top digit the relation is the key relation itself
+    phases = tuple(Offsets.of(np.flatnonzero(rel[f]).tolist()) for f in range(period))
+    periodic = AxisMap(period, advance, phases).normalized()
+    if n_in == n_out and periodic == IDENTITY:
+        return IDENTITY_RULE
+    return AxisRule(periodic, finite)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -510,7 +563,7 @@ def _slice_effect(
         channels = Channels("slice", start, step)
     if drop:
         new_layout = tuple(
-            None if loc is None or loc.dim == dim else replace(loc, dim=loc.dim - (loc.dim > dim))
+            None if loc is None or dim in L.dims_of(loc) else L.move(loc, lambda d: d - (d > dim))
             for loc in layout
         )
         if dim <= 1 and channels.kind == "same":
@@ -596,9 +649,7 @@ def _stack(ctx: Ctx) -> list[Effect]:
     for t in tensors:
         if t.node is None:
             continue
-        shifted = tuple(
-            None if loc is None else replace(loc, dim=loc.dim + (loc.dim >= dim)) for loc in ctx.layout(t)
-        )
+        shifted = tuple(L.move(loc, lambda d: d + (d >= dim)) for loc in ctx.layout(t))
         layout = layout or shifted
         deps.append(Dep(t, {}, MIX if dim <= 1 else SAME))
     return [Effect(L.with_sizes(layout, out_shape), deps)]
@@ -685,8 +736,8 @@ def _expand(ctx: Ctx) -> list[Effect]:
     rules = {}
     new = []
     for axis, loc in enumerate(ctx.layout(x)):
-        if loc is None:
-            new.append(None)
+        if loc is None or isinstance(loc, Split):
+            new.append(L.move(loc, shift))
             continue
         d = loc.dim + shift
         if x.shape[loc.dim] == 1 and out_shape[d] != 1:
@@ -803,11 +854,14 @@ def _pointwise_over(ctx: Ctx, inputs: list[TensorArg]) -> list[Effect]:
         for axis, loc in enumerate(ctx.layout(t)):
             if loc is None:
                 continue
-            d = loc.dim + shift
-            weak = t.shape[loc.dim] == 1 and out_shape[d] != 1
+            if isinstance(loc, Split):  # digits have size > 1: never broadcast
+                weak, candidate = False, L.move(loc, shift)
+            else:
+                d = loc.dim + shift
+                weak = t.shape[loc.dim] == 1 and out_shape[d] != 1
+                candidate = Loc(d, 1, out_shape[d]) if weak else replace(loc, dim=d)
             if weak:
                 rules[axis] = BROADCAST_RULE
-            candidate = Loc(d, 1, out_shape[d]) if weak else replace(loc, dim=d)
             existing = placed.get(axis)
             if existing is None or (existing[1] and not weak):
                 placed[axis] = (candidate, weak)
@@ -845,6 +899,34 @@ def pointwise(ctx: Ctx) -> list[Effect]:
 # Reductions and ops along one dim
 
 
+def _free_digits(
+    ctx: Ctx, loc: Loc | Split, dims: set[int], keep: bool, renumber: Callable[[int], int] = lambda d: d
+) -> tuple[Loc | Split | None, AxisRule]:
+    """An op reads whole lines along ``dims``. The digits of the axis that live there are free: with ``keep``
+    the output still indexes them (softmax, normalisation: each position reads its whole line, a window when
+    the axis is split), otherwise they are gone (a sum: the output has one index per line) and ``renumber``
+    gives the output dims of the digits left."""
+    parts = L.parts_of(loc)
+    hit = {p.weight for p in parts if p.dim in dims}
+    rest = parts if keep else tuple(p for p in parts if p.weight not in hit)
+    try:
+        rule_ = digit_rule(parts, rest, hit)
+    except ValueError as exc:
+        raise ctx.unsupported(str(exc)) from None
+    if keep:
+        return loc, rule_
+    if not rest:
+        return None, rule_
+    if len(rest) == len(parts):
+        return L.move(loc, renumber), rule_
+    moved = [Part(renumber(p.dim), p.inner, p.size, p.weight) for p in rest]
+    return L.from_parts(moved, ctx.out_shapes[0]), rule_
+
+
+def _global_note(what: str, names: list[str], ctx: Ctx) -> list[str]:
+    return [f"global: {what} over {', '.join(names)} ({ctx.where})"] if names else []
+
+
 def _reduce(ctx: Ctx, dims: list[int] | None, keepdim: bool, what: str) -> list[Effect]:
     x = ctx.call.inputs[0]
     ndim = len(x.shape)
@@ -852,24 +934,28 @@ def _reduce(ctx: Ctx, dims: list[int] | None, keepdim: bool, what: str) -> list[
     layout = ctx.layout(x)
     names = AXIS_NAMES.get(len(layout), ("?",) * 3)
     rules, reduced = {}, []
+    new: list[Loc | Split | None] = []
     for axis, loc in enumerate(layout):
-        if loc is not None and loc.dim in dims:
-            rules[axis] = GLOBAL_RULE
+        if loc is None or not L.dims_of(loc) & set(dims):
+            new.append(loc if keepdim else L.move(loc, lambda d: d - sum(r < d for r in dims)))
+            continue
+        renumber = (lambda d: d) if keepdim else (lambda d: d - sum(r < d for r in dims))
+        kept, rules[axis] = _free_digits(ctx, loc, set(dims), False, renumber)
+        if rules[axis].periodic.is_global:
             reduced.append(names[axis])
+        if kept is None:
+            # A fully reduced axis kept as a size-1 dim broadcasts like any size-1 dim.
+            top = max(L.parts_of(loc), key=lambda p: p.weight)
+            new.append(Loc(top.dim, 1, 1) if keepdim else None)
+        else:
+            new.append(kept)
     channels = MIX if L.channel_dim(layout, x.shape) in dims or len(dims) == ndim else SAME
-    if keepdim:
-        new = tuple(None if loc is None else Loc(loc.dim, 1, 1) if loc.dim in dims else loc for loc in layout)
-    else:
-        new = tuple(
-            None
-            if loc is None or loc.dim in dims
-            else replace(loc, dim=loc.dim - sum(d < loc.dim for d in dims))
-            for loc in layout
-        )
-        if 0 in dims or 1 in dims:
-            channels = MIX
-    notes = [f"global: {what} over {', '.join(reduced)} ({ctx.where})"] if reduced else []
-    return [Effect(L.with_sizes(new, s), [Dep(x, rules, channels)], list(notes)) for s in ctx.out_shapes]
+    if not keepdim and (0 in dims or 1 in dims):
+        channels = MIX
+    notes = _global_note(what, reduced, ctx)
+    return [
+        Effect(L.with_sizes(tuple(new), s), [Dep(x, rules, channels)], list(notes)) for s in ctx.out_shapes
+    ]
 
 
 @rule(
@@ -907,6 +993,7 @@ def _reduction(ctx: Ctx) -> list[Effect]:
 
 @rule(
     "aten._softmax",
+    "aten._safe_softmax",
     "aten._log_softmax",
     "aten.softmax",
     "aten.log_softmax",
@@ -924,11 +1011,13 @@ def _along_dim(ctx: Ctx) -> list[Effect]:
     d = _dim(ctx.call.args.get("dim", -1), len(x.shape))
     layout = ctx.layout(x)
     names = AXIS_NAMES.get(len(layout), ("?",) * 3)
-    rules, notes = {}, []
+    rules, along = {}, []
     for axis, loc in enumerate(layout):
-        if loc is not None and loc.dim == d:
-            rules[axis] = GLOBAL_RULE
-            notes.append(f"global: {ctx.call.packet.split('.')[1]} along {names[axis]} ({ctx.where})")
+        if loc is not None and d in L.dims_of(loc):
+            _, rules[axis] = _free_digits(ctx, loc, {d}, keep=True)
+            if rules[axis].periodic.is_global:
+                along.append(names[axis])
+    notes = [f"global: {ctx.call.packet.split('.')[1]} along {n} ({ctx.where})" for n in along]
     channels = MIX if d == L.channel_dim(layout, x.shape) else SAME
     return [Effect(L.with_sizes(layout, s), [Dep(x, rules, channels)], list(notes)) for s in ctx.out_shapes]
 
@@ -1001,15 +1090,14 @@ def _layer_norm(ctx: Ctx) -> list[Effect]:
     dims = set(range(len(x.shape) - n, len(x.shape)))
     layout = ctx.layout(x)
     names = AXIS_NAMES.get(len(layout), ("?",) * 3)
-    spatial = [a for a, loc in enumerate(layout) if loc is not None and loc.dim in dims]
+    spatial = [a for a, loc in enumerate(layout) if loc is not None and L.dims_of(loc) & dims]
     channel = L.channel_dim(layout, x.shape)
     if ctx.options.ignore_statistics:
         spatial = []
-    rules = dict.fromkeys(spatial, GLOBAL_RULE)
-    notes = (
-        [f"global: LayerNorm statistics over {', '.join(names[a] for a in spatial)} ({ctx.where})"]
-        if spatial
-        else []
+    # Statistics over normalized dims that hold window digits are per window (a window-local norm).
+    rules = {a: _free_digits(ctx, layout[a], dims, keep=True)[1] for a in spatial}
+    notes = _global_note(
+        "LayerNorm statistics", [names[a] for a in spatial if rules[a].periodic.is_global], ctx
     )
     channels = (
         MIX
@@ -1029,45 +1117,82 @@ def _layer_norm(ctx: Ctx) -> list[Effect]:
 # Matrix products (Linear layers, attention)
 
 
+def _product_effect(
+    ctx: Ctx, operands: list[tuple[TensorArg, Callable[[int], int | None]]], out_shape: tuple[int, ...]
+) -> Effect:
+    """A sum of products (matrix product, attention): each operand's dim ``d`` becomes output dim ``where(d)``,
+    or is summed over when ``where(d)`` is None.
+
+    Per axis, the output indexes the digits of the first operand that carries them; a later operand whose digit
+    sits in another output dim (keys are columns where queries are rows) or is summed over is read whole along
+    that digit: globally for an unsplit token axis, per window when only the in-window digits differ.
+    """
+    n_axes = max(len(ctx.layout(t)) for t, _ in operands)
+    names = AXIS_NAMES.get(n_axes, ("?",) * 3)
+    out_loc: list[Loc | Split | None] = [None] * n_axes
+    out_parts: list[tuple[Part, ...]] = [()] * n_axes
+    moved = []
+    for t, where in operands:
+        per_axis = {}
+        for axis, loc in enumerate(ctx.layout(t)):
+            if loc is None:
+                continue
+            parts = L.parts_of(loc)
+            kept = tuple(
+                Part(where(p.dim), p.inner, p.size, p.weight) for p in parts if where(p.dim) is not None
+            )
+            summed = len(kept) < len(parts)
+            cand = (
+                (L.move(loc, where) if not summed else L.from_parts(list(kept), out_shape)) if kept else None
+            )
+            if out_loc[axis] is None and cand is not None:
+                out_loc[axis], out_parts[axis] = cand, kept
+            per_axis[axis] = (parts, kept, summed)
+        moved.append(per_axis)
+    deps, notes = [], []
+    for (t, _), per_axis in zip(operands, moved):
+        rules = {}
+        for axis, (parts, kept, summed) in per_axis.items():
+            placed = set(out_parts[axis])
+            free = {p.weight for p in parts} - {p.weight for p in kept if p in placed}
+            if not free and out_loc[axis] is not None and len(kept) == len(out_parts[axis]):
+                continue
+            try:
+                rules[axis] = digit_rule(parts, out_parts[axis], free)
+            except ValueError as exc:
+                raise ctx.unsupported(str(exc)) from None
+            if rules[axis].periodic.is_global:
+                notes.append(
+                    f"global: {names[axis]} is summed over by a matrix product, e.g. a Linear layer on "
+                    f"flattened features ({ctx.where})"
+                    if summed and not kept
+                    else f"global: key positions along {names[axis]} in a product of two position-indexed "
+                    f"tensors, e.g. attention ({ctx.where})"
+                )
+        deps.append(Dep(t, rules, MIX))
+    return Effect(L.with_sizes(tuple(out_loc), out_shape), deps, list(dict.fromkeys(notes)))
+
+
 def _matmul_effect(ctx: Ctx, left: TensorArg, right: TensorArg, bias: TensorArg | None) -> list[Effect]:
     """``out[..., i, j] = sum_k left[..., i, k] * right[..., k, j]``: rows come from ``left``, columns from
-    ``right``, leading (batch) dims are shared; the contracted dim is read whole."""
+    ``right``, leading (batch) dims are shared (broadcast from the right); the contracted dim is read whole."""
     out_shape = ctx.out_shapes[0]
     n = len(out_shape)
-    tracked = [t for t in (left, right) if t.node is not None]
-    layout: list[Loc | None] = [None] * max(len(ctx.layout(t)) for t in tracked)
-    names = AXIS_NAMES.get(len(layout), ("?",) * 3)
-    deps, notes = [], []
+    operands = []
     for t, is_left in ((left, True), (right, False)):
         if t.node is None:
             continue
         nd = len(t.shape)
         contracted, kept_in, kept_out = (nd - 1, nd - 2, n - 2) if is_left else (nd - 2, nd - 1, n - 1)
-        rules = {}
-        for axis, loc in enumerate(ctx.layout(t)):
-            if loc is None:
-                continue
-            if loc.dim == contracted:
-                rules[axis] = GLOBAL_RULE
-                notes.append(
-                    f"global: {names[axis]} is summed over by a matrix product, e.g. a Linear layer on "
-                    f"flattened features ({ctx.where})"
-                )
-                continue
-            d = kept_out if loc.dim == kept_in else loc.dim + (n - nd)
-            if layout[axis] is not None and layout[axis].dim != d:
-                # Attention scores: the same axis indexes queries (rows) and keys (columns).
-                rules[axis] = GLOBAL_RULE
-                notes.append(
-                    f"global: key positions along {names[axis]} in a product of two position-indexed "
-                    f"tensors ({ctx.where})"
-                )
-                continue
-            layout[axis] = replace(loc, dim=d)
-        deps.append(Dep(t, rules, MIX))
+
+        def where(d: int, c=contracted, ki=kept_in, ko=kept_out, shift=n - nd) -> int | None:
+            return None if d == c else ko if d == ki else d + shift
+
+        operands.append((t, where))
+    effect = _product_effect(ctx, operands, out_shape)
     if bias is not None and bias.node is not None:
-        deps += _pointwise_over(ctx, [bias])[0].deps
-    return [Effect(L.with_sizes(tuple(layout), out_shape), deps, notes)]
+        effect.deps += _pointwise_over(ctx, [bias])[0].deps
+    return [effect]
 
 
 @rule("aten.mm", "aten.bmm", "aten.matmul")
@@ -1082,6 +1207,56 @@ def _addmm(ctx: Ctx) -> list[Effect]:
     left = a["mat1"] if "mat1" in a else a["batch1"]
     right = a["mat2"] if "mat2" in a else a["batch2"]
     return _matmul_effect(ctx, left, right, a["self"])
+
+
+@rule(
+    "aten._scaled_dot_product_attention_math",
+    "aten._scaled_dot_product_flash_attention",
+    "aten._scaled_dot_product_flash_attention_for_cpu",
+    "aten._scaled_dot_product_efficient_attention",
+    "aten._scaled_dot_product_cudnn_attention",
+    "aten._scaled_dot_product_fused_attention_overrideable",
+    "aten.scaled_dot_product_attention",
+)
+def _attention(ctx: Ctx) -> list[Effect]:
+    """``softmax(q k^T + mask) v`` in one kernel: the output row of query ``i`` reads every key and value token
+    (and the mask's row ``i``). On shape-only tensors PyTorch decomposes attention into bmm and softmax, which
+    the rules above follow; this rule covers models that call a fused kernel directly."""
+    a = ctx.call.args
+    if a.get("is_causal"):
+        raise ctx.unsupported(
+            "causal attention (query i reads keys up to i in raster order) has no receptive-field rule; "
+            "pass an explicit attn_mask instead"
+        )
+    q = a["query"]
+    n = len(q.shape)
+    mask = a.get("attn_mask", a.get("attn_bias"))
+    effects = []
+    for shape in ctx.out_shapes:
+        if len(shape) < n - 1:  # seeds, offsets, cumulative lengths: no data from the input
+            effects.append(Effect((None,) * max(len(ctx.layout(t)) for t in ctx.tracked()), []))
+            continue
+        operands = []
+        for t, last in (
+            (q, None),
+            (a["key"], None),
+            (a["value"], n - 1 if len(shape) == n else None),
+            (mask, None),
+        ):
+            if not isinstance(t, TensorArg) or t.node is None:
+                continue
+            nd, shift = len(t.shape), n - len(t.shape)
+
+            def where(d: int, t=t, nd=nd, shift=shift, last=last) -> int | None:
+                if d == nd - 1:  # features of q/k, key tokens of the mask, features of v
+                    return last
+                if d == nd - 2:  # query rows, key/value tokens (summed over)
+                    return n - 2 if t is q or t is mask else None
+                return d + shift
+
+            operands.append((t, where))
+        effects.append(_product_effect(ctx, operands, shape))
+    return effects
 
 
 def rule_for(call: OpCall) -> RuleFn | None:
