@@ -29,7 +29,7 @@ from atrous.errors import InputShapeError, UnsupportedOpError
 from atrous.rf import layout as L
 from atrous.rf.graph import Graph, OpCall, record
 from atrous.rf.layout import Layout
-from atrous.rf.rules import AXIS_NAMES, AxisRule, Channels, Ctx, Effect, Options, rule_for
+from atrous.rf.rules import AXIS_NAMES, CONSTANT_PACKETS, AxisRule, Channels, Ctx, Effect, Options, rule_for
 from atrous.rf.support import IDENTITY, AxisMap, Offsets, compose
 
 # ------------------------------------------------------------------------------------------------------------
@@ -669,7 +669,7 @@ def analyze(
     shape = _parse_shape(input_shape)
     if not isinstance(model, nn.Module) and callable(model):
         model = model()
-    graph = record(model, (1, *shape))
+    graph = record(model, (1, *shape), CONSTANT_PACKETS)
     options = Options(train_batchnorm=train_view, ignore_statistics=ignore_statistics)
     prop = Propagation(graph, options)
     periodic = prop.run(PeriodicAlgebra(), with_paths=True)

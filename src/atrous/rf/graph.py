@@ -8,6 +8,11 @@ statistic); this is about four times faster than ``FakeTensorMode`` on a ResNet-
 input becomes a node; parameters, buffers and constants stay untracked because they carry no spatial
 information about the input. In-place operations rebind the tensor to a new node, so residual ``out += x`` and
 ``ReLU(inplace=True)`` are followed exactly.
+
+Ops whose values never depend on their inputs' values (``x.new_zeros(H, W)``, ``zeros_like``) make constants, not
+nodes: an attention mask built from the input's shape and filled by slice assignment (Swin) is a constant
+whatever is written into it. Writing input-derived values into a constant through a view is the one thing that
+would make it silently wrong, so the storages written that way are remembered and reading them is refused.
 """
 
 from __future__ import annotations
@@ -101,9 +106,12 @@ def _storage_key(t: torch.Tensor) -> int:
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, modules: _ModuleStack) -> None:
+    def __init__(self, modules: _ModuleStack, constants: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.modules = modules
+        self.constants = constants  # op packets whose outputs do not depend on the input's values
+        # Storages written in place with input-derived values: other (untracked) views of them are not constants.
+        self.written: dict[int, str] = {}
         self.nodes: list[Node] = []
         self.calls: list[OpCall] = []
         # id(tensor) -> (tensor, node id). Holding the tensor keeps its id from being reused.
@@ -138,15 +146,25 @@ class _Recorder(TorchDispatchMode):
         flat, _ = tree_flatten((args, kwargs))
         tensors = [t for t in flat if isinstance(t, torch.Tensor)]
         module = self.modules.current
-        if not any(self.node_of(t) is not None for t in tensors):
-            return self._run(func, args, kwargs, module)
         for t in tensors:
-            if id(t) in self.stale and self.node_of(t) is not None:
+            tracked = self.node_of(t) is not None
+            why = (
+                self.stale.get(id(t))
+                if tracked
+                else self.written.get(_storage_key(t))
+                if self.written
+                else None
+            )
+            if why is not None:
                 raise UnsupportedOpError(
                     f"{func} at module '{module or '<model>'}' reads a tensor that was modified in place "
-                    f"through another view ({self.stale[id(t)]}); the receptive-field engine cannot follow "
+                    f"through another view ({why}); the receptive-field engine cannot follow "
                     "writes through aliases: use out-of-place operations there"
                 )
+        if f"{func.namespace}.{func._opname}" in self.constants or not any(
+            self.node_of(t) is not None for t in tensors
+        ):
+            return self._run(func, args, kwargs, module)
         out = self._run(func, args, kwargs, module)
         call = self._describe(func, args, kwargs, module)
         mutated_ids = {id(call_input) for call_input in self._mutated_tensors(func, args, kwargs)}
@@ -158,6 +176,7 @@ class _Recorder(TorchDispatchMode):
         for t in self._mutated_tensors(func, args, kwargs):
             if all(t is not o for o in out_flat):  # an out= style write not returned: still rebind it
                 call.outputs.append(self.track(t, call, label))
+            self.written[_storage_key(t)] = f"written in place by {label}"
         self._mark_aliases_stale(mutated_ids, label)
         self.calls.append(call)
         return out
@@ -252,17 +271,18 @@ def _name_outputs(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return []
 
 
-def record(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
+def record(model: nn.Module, input_shape: tuple[int, ...], constants: frozenset[str] = frozenset()) -> Graph:
     """Run ``model`` once on a fake input of ``input_shape`` (batch included) and return the op graph.
 
     The model is analysed in eval mode (restored afterwards) so that inference semantics decide the graph.
+    Ops named in ``constants`` (packets such as ``aten.new_zeros``) make untracked constants.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     modes = {m: m.training for m in model.modules()}
     model.eval()
     stack = _ModuleStack(model)
-    recorder = _Recorder(stack)
+    recorder = _Recorder(stack, constants)
     try:
         x = torch.empty(input_shape, device="meta")
         input_node = recorder.track(x, None, "input")

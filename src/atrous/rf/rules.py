@@ -804,23 +804,31 @@ def _copy(ctx: Ctx) -> list[Effect]:
     return _pointwise_over(ctx, [src] if src.node is not None else [])
 
 
+# Fresh tensors made from an input's shape only: the recorder keeps them as constants (see graph.py), so that
+# whatever is later written into them (a shifted-window mask filled by slice assignment) stays a constant.
+CONSTANT_PACKETS = frozenset(
+    {
+        "aten.zeros_like",
+        "aten.ones_like",
+        "aten.empty_like",
+        "aten.full_like",
+        "aten.rand_like",
+        "aten.randn_like",
+        "aten.randint_like",
+        "aten.new_zeros",
+        "aten.new_ones",
+        "aten.new_empty",
+        "aten.new_full",
+        "aten.new_empty_strided",
+        "aten.empty_strided",
+    }
+)
+
+
 @rule(
     "aten.zero_",
     "aten.fill_",
     "aten.fill",
-    "aten.zeros_like",
-    "aten.ones_like",
-    "aten.empty_like",
-    "aten.full_like",
-    "aten.rand_like",
-    "aten.randn_like",
-    "aten.randint_like",
-    "aten.new_zeros",
-    "aten.new_ones",
-    "aten.new_empty",
-    "aten.new_full",
-    "aten.new_empty_strided",
-    "aten.empty_strided",
     "aten.bernoulli",
     "aten.bernoulli_",
     "aten.normal_",
