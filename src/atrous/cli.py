@@ -227,13 +227,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from atrous.train.loop import evaluate
     from atrous.train.metrics import AGGREGATION
 
-    model = load(args.checkpoint)
+    device = resolve_device(args.device)
+    model = load(args.checkpoint, device)
     dataset = build_dataset(args.data, split="val", check=True)
     if dataset.num_classes != max(model.num_classes, 2):
         raise AtrousError(
             f"the checkpoint predicts {model.num_classes} classes but {args.data} has {dataset.num_classes}"
         )
-    scores = evaluate(model, dataset, args.batch_size, torch_device("cpu"))
+    scores = evaluate(model, dataset, args.batch_size, device)
     result = {"checkpoint": str(args.checkpoint), "data": args.data, "samples": len(dataset), **scores}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -252,16 +253,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def torch_device(name: str):
-    import torch
-
-    return torch.device(name)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from atrous.train.inference import predict_files
 
-    written = predict_files(args.checkpoint, args.images, args.out, args.tile, args.overlap)
+    if args.tile is not None and args.overlap >= args.tile:
+        raise AtrousError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
+    device = resolve_device(args.device)
+    written = predict_files(args.checkpoint, args.images, args.out, args.tile, args.overlap, device)
     console.print(f"wrote {len(written)} mask(s) and overlays to {args.out}")
     return 0
 
@@ -271,11 +269,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format != "onnx":
         raise AtrousError(f"--format {args.format!r}: only onnx is supported")
-    result = export_onnx(args.checkpoint, args.out, args.opset)
+    if args.opset < 17:
+        raise AtrousError(f"--opset {args.opset}: use 17 or newer")
+    result = export_onnx(args.checkpoint, args.out, args.opset, device=resolve_device(args.device))
     diffs = ", ".join(f"{k}: {v:.2e}" for k, v in result["max_abs_diff"].items())
     console.print(
         f"wrote {result['path']} (opset {result['opset']}, dynamic batch/height/width); "
-        f"onnxruntime vs PyTorch max abs diff {diffs}"
+        f"onnxruntime ({result['onnxruntime_provider']}) vs PyTorch ({result['torch_device']}) "
+        f"max abs diff {diffs}"
     )
     return 0
 
@@ -284,6 +285,9 @@ def cmd_erf(args: argparse.Namespace) -> int:
     from atrous.erf import draw, effective_rf, load_for_erf
 
     shape = parse_ints(args.input, "--input") if args.input else None
+    if args.samples < 1 or args.batch < 1:
+        raise AtrousError(f"--samples and --batch must be >= 1, got {args.samples} and {args.batch}")
+    device = resolve_device(args.device)
     specs = [args.model, *(args.compare or [])]
     results = []
     for spec in specs:
@@ -300,6 +304,7 @@ def cmd_erf(args: argparse.Namespace) -> int:
                 train_mode=args.train_mode,
                 seed=args.seed,
                 name=spec,
+                device=device,
             )
         )
     path = draw(results, args.out)
@@ -321,9 +326,8 @@ def cmd_erf(args: argparse.Namespace) -> int:
 def cmd_lab(args: argparse.Namespace) -> int:
     from atrous.lab.runner import run_lab
 
-    if args.device not in ("cpu", "auto"):
-        raise AtrousError(f"--device {args.device}: the lab's small models train on CPU processes; use cpu")
     run_lab(
+        device=str(resolve_device(args.device)),
         preset=args.preset,
         out=args.out,
         only=args.only,
@@ -339,10 +343,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     suites = list(bench.SUITES) if args.suite == "all" else [args.suite]
     # With --json the tables go to stderr so stdout stays machine-readable.
-    results = bench.run(suites, Console(stderr=True) if args.json else console)
+    device = resolve_device(args.device)
+    if "gpu" in suites and device.type != "cuda":
+        if args.suite == "gpu":
+            raise AtrousError("atrous bench gpu needs a CUDA GPU (--device cuda); none is in use")
+        suites.remove("gpu")
+    results = bench.run(suites, Console(stderr=True) if args.json else console, device)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def add_device(p: argparse.ArgumentParser, what: str = "") -> None:
+    text = "auto (CUDA when present), cpu, cuda or cuda:N" + (f"; {what}" if what else "")
+    p.add_argument("--device", default="auto", help=text)
+
+
+def resolve_device(name: str):
+    from atrous.device import resolve_device as resolve
+
+    return resolve(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset spec (synthetic specs use their val split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
+    add_device(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict masks for images (sliding window above --tile)")
@@ -418,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions")
     p.add_argument("--tile", type=int, help="tile size for sliding-window inference on large images")
     p.add_argument("--overlap", type=int, default=32)
+    add_device(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX, with a parity check")
@@ -425,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx")
     p.add_argument("--out", default="model.onnx")
     p.add_argument("--opset", type=int, default=17)
+    add_device(p, "where the parity check runs PyTorch (and onnxruntime, when it has CUDA)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("erf", help="effective receptive field (averaged input gradients), drawn with the RF")
@@ -443,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="erf.png")
     p.add_argument("--json", action="store_true")
+    add_device(p)
     p.set_defaults(func=cmd_erf)
 
     p = sub.add_parser("lab", help="run the exercises and write one report")
@@ -451,12 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated exercises, e.g. ex2,ex5")
     p.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2); default from the preset")
     p.add_argument("--workers", type=int, help="parallel training processes (default: 2, one thread each)")
-    p.add_argument("--device", default="cpu", help="cpu (the lab's models are sized for CPU)")
+    add_device(p, "cpu: parallel one-thread processes; cuda: several jobs share the GPU")
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against a baseline in the same run")
-    p.add_argument("suite", nargs="?", default="all", choices=["all", "rf", "models", "train", "erf", "data"])
+    p.add_argument(
+        "suite", nargs="?", default="all", choices=["all", "rf", "models", "train", "erf", "data", "gpu"]
+    )
     p.add_argument("--json", action="store_true")
+    add_device(p, "gpu runs only on CUDA; 'all' includes it when a GPU is in use")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -82,7 +82,7 @@ def _dataset_inputs(spec: str, n: int) -> torch.Tensor:
 
     dataset = build_dataset(spec, split="val")
     if len(dataset) < n:
-        raise AtrousError(f"{spec} has {len(dataset)} samples, fewer than --samples {n}")
+        raise AtrousError(f"{spec} has {len(dataset)} samples, fewer than the {n} samples asked for")
     images = [dataset[i][0] for i in range(n)]
     if len({tuple(x.shape) for x in images}) > 1:
         raise AtrousError(f"{spec} has images of different sizes; crop them (e.g. crop=...) for an ERF")
@@ -167,13 +167,16 @@ def effective_rf(
     seed: int = 0,
     name: str = "model",
     crop: bool = True,
+    device: str | torch.device | None = None,
 ) -> ERFResult:
     """The ERF of ``model`` at one output position, averaged over ``samples`` inputs of ``input_shape``
-    (C, H, W) drawn from ``distribution``, or over the first samples of dataset spec ``data``."""
+    (C, H, W) drawn from ``distribution``, or over the first samples of dataset spec ``data``. The gradients are
+    computed on ``device`` (default: where the model's parameters are; the model is moved there); the inputs
+    are drawn on the CPU, so every device sees the same samples."""
     if (input_shape is None) == (data is None):
         raise AtrousError("give an input shape or a dataset spec for the ERF inputs, not both")
     if samples < 1 or batch < 1:
-        raise AtrousError(f"--samples and --batch must be >= 1, got {samples} and {batch}")
+        raise AtrousError(f"samples and batch must be >= 1, got {samples} and {batch}")
     gen = torch.Generator().manual_seed(seed)
     x = (
         _dataset_inputs(data, samples)
@@ -182,6 +185,10 @@ def effective_rf(
     )
     shape = tuple(x.shape[1:])
     report = analyze(model, shape)
+    if device is not None:
+        model.to(device)
+    param = next(model.parameters(), None)
+    x = x.to(param.device if param is not None else "cpu")
     out_hw = tuple(report.outputs[0].shape[2:])
     if len(out_hw) != 2:
         raise InputShapeError("ERFs are drawn for 2-D models: give --input C,H,W")
@@ -203,7 +210,7 @@ def effective_rf(
         maps = gradient_maps(model, x, pos, batch) if box is None else cropped_maps(model, x, pos, box, batch)
     finally:
         model.train(was_training)
-    m = maps.mean(0).numpy().astype(np.float64)
+    m = maps.mean(0).cpu().numpy().astype(np.float64)
     # The ERF is centred on the input pixel under the output position.
     centre = tuple(int(pos[i] * shape[1 + i] / out_hw[i]) for i in range(2))
     out = report.outputs[0]
@@ -251,7 +258,7 @@ def cropped_maps(
 ) -> torch.Tensor:
     (y0, y1), (x0, x1) = crop.rows, crop.cols
     inner = gradient_maps(model, x[:, :, y0:y1, x0:x1], crop.output_position(pos), batch)
-    full = torch.zeros(x.shape[0], x.shape[2], x.shape[3], dtype=inner.dtype)
+    full = inner.new_zeros(x.shape[0], x.shape[2], x.shape[3])
     full[:, y0:y1, x0:x1] = inner
     return full
 

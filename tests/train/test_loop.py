@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,6 +21,7 @@ from atrous.train import loop
 from atrous.train.checkpoint import CheckpointError, load_into
 from atrous.train.config import TrainConfig
 from atrous.train.loop import TIMING_KEYS, TrainingDiverged, fit
+from datasets import folder_dataset
 
 # deeplabv3_small has dropout in its ASPP: resuming must restore the RNG too, not only the weights.
 TRAIN = [
@@ -183,20 +183,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     assert json.loads((tmp_path / "run" / "last" / "checkpoint.json").read_text())["step"] == 4
 
 
-def _folder_dataset(root: Path, bad: bool = False) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (20, 22, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-        if not (bad and i == 3):
-            Image.fromarray((rng.integers(0, 2, (20, 22)) * 1).astype(np.uint8)).save(
-                root / "masks" / f"{i}.png"
-            )
-    (root / "classes.json").write_text(json.dumps(["bg", "fg"]))
-    return root
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -205,7 +191,7 @@ def _folder_dataset(root: Path, bad: bool = False) -> Path:
         (["--model", "convstack:num_classes=5", "--data", "shapes"], "predicts 5 classes but the data has 2"),
         (["--model", "convstack", "--data", "shapes", "--lr", "0"], "--lr must be in (0, 10]"),
         (["--model", "convstack", "--data", "shapes", "--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--model", "convstack", "--data", "shapes", "--device", "cuda"], "no CUDA GPU is available"),
+        (["--model", "convstack", "--data", "shapes", "--device", "cuda:99"], "--device cuda:99: "),
         (
             ["--model", "convstack", "--data", "shapes", "--optimizer", "adam"],
             "--optimizer 'adam' is not one of",
@@ -216,7 +202,7 @@ def _folder_dataset(root: Path, bad: bool = False) -> Path:
 def test_bad_input_is_one_line_and_leaves_no_run_dir(
     tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
-    folder = _folder_dataset(tmp_path / "data", bad=True)
+    folder = folder_dataset(tmp_path / "data", bad=True)
     extra = [str(folder) if x == "FOLDER" else x for x in extra]
     extra = [f"folder:{folder}" if x == str(folder) else x for x in extra]
     out = tmp_path / "run"
@@ -252,7 +238,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path: Path, capsys: pyt
 
 
 def test_real_data_train_predict_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    folder = _folder_dataset(tmp_path / "data")
+    folder = folder_dataset(tmp_path / "data")
     run = tmp_path / "run"
     assert (
         main(

@@ -36,8 +36,8 @@ class Job:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_job(job: Job, root: str) -> dict[str, Any]:
-    """Train one model (one thread) and return its curves, final metrics and costs."""
+def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
+    """Train one model (one thread) on ``device`` and return its curves, final metrics and costs."""
     import torch
     from rich.console import Console
 
@@ -47,6 +47,9 @@ def run_job(job: Job, root: str) -> dict[str, Any]:
     from atrous.train.loop import TIMING_KEYS, fit
 
     torch.set_num_threads(1)
+    if device != "cpu":  # the same algorithms every run (atomics in some backward kernels still differ)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     run_dir = Path(root) / job.key
     cfg = TrainConfig(
         model=job.model,
@@ -58,6 +61,7 @@ def run_job(job: Job, root: str) -> dict[str, Any]:
         seed=job.seed,
         warmup=job.warmup,
         out=str(run_dir),
+        device=device,
     )
     result = fit(cfg, overwrite=True, console=Console(quiet=True))
     model = load(run_dir / "last")
@@ -82,7 +86,11 @@ def run_job(job: Job, root: str) -> dict[str, Any]:
 
 
 def run_jobs(
-    jobs: list[Job], root: Path, workers: int, on_done: Callable[[Job, int, int], None] | None = None
+    jobs: list[Job],
+    root: Path,
+    workers: int,
+    on_done: Callable[[Job, int, int], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, dict[str, Any]]:
     """Run every distinct job once; results keyed by ``Job.key``."""
     unique = list({j.key: j for j in jobs}.values())
@@ -90,7 +98,7 @@ def run_jobs(
     results: dict[str, dict[str, Any]] = {}
     if workers <= 1:
         for i, job in enumerate(unique):
-            results[job.key] = run_job(job, str(root))
+            results[job.key] = run_job(job, str(root), device)
             if on_done:
                 on_done(job, i + 1, len(unique))
         return results
@@ -100,7 +108,7 @@ def run_jobs(
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending = {pool.submit(run_job, job, str(root)): job for job in unique}
+            pending = {pool.submit(run_job, job, str(root), device): job for job in unique}
             done_count = 0
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)

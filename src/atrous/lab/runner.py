@@ -46,6 +46,19 @@ def parse_seeds(seeds: str | int | None, default: int) -> list[int]:
     return values
 
 
+def default_workers(device: str) -> int:
+    """CPU: one single-threaded process per core. GPU: small models leave most of the card idle, so several
+    processes share it (each with its own CUDA context, about 0.5 GB), fed by the CPU's cores."""
+    cores = os.cpu_count() or 1
+    return min(2, cores) if device == "cpu" else max(2, min(8, cores))
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} ({device})"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
 def run_lab(
     preset: str = "quick",
     out: str | Path = "runs/lab",
@@ -53,6 +66,7 @@ def run_lab(
     seeds: str | None = None,
     workers: int | None = None,
     console: Console | None = None,
+    device: str = "cpu",
 ) -> dict[str, Path]:
     console = console or Console()
     chosen = list(EXERCISES) if not only else [e.strip() for e in only.split(",") if e.strip()]
@@ -61,7 +75,7 @@ def run_lab(
         raise AtrousError(f"unknown exercise {unknown[0]!r} in --only; available: {', '.join(EXERCISES)}")
     p = get_preset(preset)
     seed_list = parse_seeds(seeds, p.seeds)
-    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    workers = workers if workers is not None else default_workers(device)
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -83,7 +97,7 @@ def run_lab(
         def done(job, count: int, total: int) -> None:
             bar.update(task, completed=count, description=f"lab {preset}: done {job.label}")
 
-        results = run_jobs(jobs, run_dir / "runs", workers, done)
+        results = run_jobs(jobs, run_dir / "runs", workers, done, device)
         sections, timings = [], {}
         report_task = bar.add_task("report", total=len(chosen))
         for key in chosen:
@@ -92,13 +106,15 @@ def run_lab(
             bar.advance(report_task)
     meta = {
         "preset": preset,
+        "device": device_name(device),
         "exercises": chosen,
         "seeds": seed_list,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
     header = (
-        f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}; torch {torch.__version__}. "
+        f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}; torch {torch.__version__}; "
+        f"trained on {device_name(device)}. "
         "Every number below was computed in this run."
     )
     paths = write_report(sections, run_dir, header, meta)

@@ -54,12 +54,12 @@ def sliding_window(
     model: torch.nn.Module, image: torch.Tensor, tile: int | None, overlap: int
 ) -> torch.Tensor:
     """Logits (K, H, W) of one image; above ``tile`` pixels per side, overlapping tiles are averaged."""
-    x = image[None]
+    x = image[None].to(next(model.parameters()).device)  # tiles are cut and summed on the model's device
     h, w = x.shape[2:]
     if tile is None or (h <= tile and w <= tile):
         return model(x)[0]
     if overlap >= tile:
-        raise AtrousError(f"--overlap {overlap} must be smaller than --tile {tile}")
+        raise AtrousError(f"overlap {overlap} must be smaller than the tile size {tile}")
     step = tile - overlap
     ys = sorted({min(y, max(h - tile, 0)) for y in range(0, max(h - tile, 0) + step, step)})
     xs = sorted({min(x_, max(w - tile, 0)) for x_ in range(0, max(w - tile, 0) + step, step)})
@@ -68,18 +68,23 @@ def sliding_window(
         for x0 in xs:
             logits = model(x[:, :, y : y + tile, x0 : x0 + tile])[0]
             if out is None:
-                out = torch.zeros(logits.shape[0], h, w)
-                weight = torch.zeros(1, h, w)
+                out = logits.new_zeros(logits.shape[0], h, w)
+                weight = logits.new_zeros(1, h, w)
             out[:, y : y + tile, x0 : x0 + tile] += logits
             weight[:, y : y + tile, x0 : x0 + tile] += 1
     return out / weight
 
 
 def predict_files(
-    checkpoint: str | Path, inputs: list[str], out: str | Path, tile: int | None = None, overlap: int = 32
+    checkpoint: str | Path,
+    inputs: list[str],
+    out: str | Path,
+    tile: int | None = None,
+    overlap: int = 32,
+    device: str | torch.device = "cpu",
 ) -> list[Path]:
     """Palette PNG masks (and overlays) for image files and folders of images; returns the mask paths."""
-    model = load(checkpoint)
+    model = load(checkpoint, device)
     meta = model.atrous_meta
     files: list[Path] = []
     for item in map(Path, inputs):
@@ -101,7 +106,7 @@ def predict_files(
         if image.shape[0] != model.in_channels:
             raise AtrousError(f"{path} has {image.shape[0]} channels; the model takes {model.in_channels}")
         logits = sliding_window(model, image, tile, overlap)
-        pred = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
+        pred = ((logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)).cpu()
         mask = Image.fromarray(pred.numpy().astype(np.uint8), mode="P")
         mask.putpalette(flat_palette)
         target = out_dir / f"{path.stem}.png"
@@ -113,10 +118,18 @@ def predict_files(
     return written
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, size: int = 64) -> dict[str, Any]:
-    """ONNX with dynamic batch, height and width; checked against PyTorch with onnxruntime at two sizes."""
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path,
+    opset: int = 17,
+    size: int = 64,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """ONNX with dynamic batch, height and width; checked against PyTorch with onnxruntime at two sizes. The
+    graph is traced on the CPU; the parity check runs PyTorch on ``device`` and onnxruntime on the GPU too when
+    its CUDA provider is installed (``onnxruntime-gpu``), else on the CPU."""
     if opset < 17:
-        raise AtrousError(f"--opset {opset}: use 17 or newer")
+        raise AtrousError(f"opset {opset}: use 17 or newer")
     try:
         import onnxruntime as ort
     except ImportError:
@@ -141,19 +154,30 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, size: 
             dynamic_axes={"image": axes, "logits": axes},
             dynamo=False,
         )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    device = torch.device(device)
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), providers=providers)
+    model.to(device)
     diffs = {}
     for shape in ((1, model.in_channels, size, size + 3), (2, model.in_channels, size + 9, size + 22)):
         inp = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            ref = model(inp).numpy()
+            ref = model(inp.to(device)).cpu().numpy()
         got = session.run(None, {"image": inp.numpy()})[0]
         if got.shape != ref.shape:
             raise AtrousError(
                 f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape} at input {shape}"
             )
         diffs["x".join(map(str, shape))] = float(np.abs(got - ref).max())
-    return {"path": str(path), "opset": opset, "max_abs_diff": diffs}
+    return {
+        "path": str(path),
+        "opset": opset,
+        "max_abs_diff": diffs,
+        "torch_device": str(device),
+        "onnxruntime_provider": session.get_providers()[0],
+    }
 
 
 def write_json(data: Any, path: str | Path) -> None:
