@@ -39,7 +39,10 @@ class _MaxAsAvg(nn.Module):
         return conv(x, weight, None, p.stride, p.padding, p.dilation, groups=x.shape[1])
 
 
-def positive_copy(model: nn.Module) -> nn.Module:
+def positive_copy(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """The oracle's copy of ``model``. With a ``generator``, every parameter is then redrawn positive and
+    distinct, ``(0.5 + U[0, 1)) / fan-in``: constant weights make the channels equal, and a LayerNorm of equal
+    channels is exactly 0, which cuts every gradient through it (attention models need this variant)."""
     model = copy.deepcopy(model).double().eval()
     for name, module in list(model.named_modules()):
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
@@ -53,6 +56,11 @@ def positive_copy(model: nn.Module) -> nn.Module:
         elif isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
             dim = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(module)]
             _replace(model, name, _MaxAsAvg(module, dim))
+    if generator is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                fan_in = p[0].numel() if p.dim() > 1 else 1
+                p.copy_((torch.rand(p.shape, generator=generator, dtype=p.dtype) + 0.5) / fan_in)
     return model
 
 
@@ -78,11 +86,20 @@ def gradient_support(
     index: Sequence[int],
     output: str | None = None,
     seed: int = 0,
+    random_weights: bool = False,
+    inputs: int = 1,
 ) -> np.ndarray:
-    """Boolean array over the input's spatial shape: pixels whose gradient at output ``index`` is nonzero."""
-    model = positive_copy(model)
+    """Boolean array over the input's spatial shape: pixels whose gradient at output ``index`` is nonzero.
+
+    ``random_weights`` draws distinct positive weights (see :func:`positive_copy`); softmax and normalisation
+    Jacobians have both signs, so a gradient can vanish at one input by accident: the support is the union
+    over ``inputs`` random inputs."""
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(1, *input_shape, generator=gen, dtype=torch.float64) + 0.5).requires_grad_(True)
-    y = _pick(model(x), output)
-    y[(0, slice(None), *index)].sum().backward()
-    return (x.grad[0].abs().sum(0) > 0).numpy()
+    model = positive_copy(model, gen if random_weights else None)
+    found = np.zeros(input_shape[1:], dtype=bool)
+    for _ in range(inputs):
+        x = (torch.rand(1, *input_shape, generator=gen, dtype=torch.float64) + 0.5).requires_grad_(True)
+        y = _pick(model(x), output)
+        y[(0, slice(None), *index)].sum().backward()
+        found |= (x.grad[0].abs().sum(0) > 0).numpy()
+    return found

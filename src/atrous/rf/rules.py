@@ -220,7 +220,8 @@ def digit_rule(src: tuple[Part, ...], out: tuple[Part, ...], free: set[int]) -> 
     Raises ValueError when the two tensors split the axis differently.
     """
     out_sizes = {p.weight: p.size for p in out}
-    for a in src:
+    # Only the digits that must agree need the same split: free ones (keys of a shorter sequence) need none.
+    for a in (p for p in src if p.weight not in free):
         for b in out:
             same = a.weight == b.weight
             overlap = a.weight < b.weight * b.size and b.weight < a.weight * a.size
@@ -544,11 +545,59 @@ def _border_pad(ctx: Ctx) -> list[Effect]:
     return _pad_effect(ctx, list(ctx.call.args.get("padding") or ctx.call.args.get("pad")), how)
 
 
+EXTRA_TOKENS = (
+    "global: extra tokens (a class token) carry no position, so reading them alone is taken to read every "
+    "position: exact once attention has mixed the tokens, an over-approximation before"
+)
+
+
+def _token_slice(
+    ctx: Ctx, x: TensorArg, dim: int, start: int, step: int, out_shape: tuple, drop: bool
+) -> Effect:
+    """Slicing a token dim (positions flattened into one dim, maybe after extra tokens): keeping every position
+    only moves the extra tokens; taking only extra tokens reads no position; one token is one position."""
+    layout = ctx.layout(x)
+    holders = {a: loc for a, loc in enumerate(layout) if loc is not None and dim in L.dims_of(loc)}
+    if (
+        any(isinstance(loc, Split) for loc in holders.values())
+        or len({loc.offset for loc in holders.values()}) > 1
+    ):
+        raise ctx.unsupported("slicing a dim that holds part of a split axis")
+    off = next(iter(holders.values())).offset
+    end = off + max(loc.inner * loc.size for loc in holders.values())
+    stop = start + ((1 if drop else out_shape[dim]) - 1) * step + 1
+    rules: dict[int, AxisRule] = {}
+    notes: list[str] = []
+    new = list(layout)
+    if drop and off <= start < end:
+        for a, loc in holders.items():
+            rules[a] = AxisRule(AxisMap.constant(Offsets.of([((start - off) // loc.inner) % loc.size])))
+            new[a] = None
+    elif stop <= off or start >= end:
+        for a in holders:
+            rules[a], new[a] = GLOBAL_RULE, None
+        notes.append(f"{EXTRA_TOKENS} ({ctx.where})")
+    elif not drop and step == 1 and start <= off and stop >= end:
+        for a, loc in holders.items():
+            plain = len(holders) == 1 and loc.inner == 1 and off == start and loc.size == out_shape[dim]
+            new[a] = replace(loc, offset=off - start, plain=plain)
+    else:
+        raise ctx.unsupported(
+            "slicing part of a flattened token sequence: its positions no longer form a grid"
+        )
+    if drop:
+        new = [None if loc is None else L.move(loc, lambda d: d - (d > dim)) for loc in new]
+    return Effect(L.with_sizes(tuple(new), out_shape), [Dep(x, rules, SAME if not drop else MIX)], notes)
+
+
 def _slice_effect(
     ctx: Ctx, x: TensorArg, dim: int, start: int, step: int, out_shape: tuple, drop: bool
 ) -> Effect:
     """Output index j along ``dim`` reads input index ``start + j * step`` (``drop``: the dim disappears)."""
     layout = ctx.layout(x)
+    holders = [loc for loc in layout if loc is not None and dim in L.dims_of(loc)]
+    if holders and (len(holders) > 1 or not isinstance(holders[0], Loc) or not holders[0].plain):
+        return _token_slice(ctx, x, dim, start, step, out_shape, drop)
     try:
         axis = L.axis_at_dim(layout, dim)
     except ValueError:
@@ -626,10 +675,7 @@ def _cat(ctx: Ctx) -> list[Effect]:
     ref = next(t for t in tensors if t.node is not None)
     layout = ctx.layout(ref)
     if dim in L.dims_with_axes(layout):
-        raise ctx.unsupported(
-            "concatenation along a spatial dim (for example circular padding or tiling): the pieces sit at "
-            "different offsets, so no shift-invariant receptive field exists; concatenate along channels instead"
-        )
+        return [_cat_tokens(ctx, tensors, dim, out_shape)]
     deps, offset = [], 0
     is_channel = dim == L.channel_dim(layout, ref.shape)
     for t in tensors:
@@ -637,6 +683,26 @@ def _cat(ctx: Ctx) -> list[Effect]:
             deps.append(Dep(t, {}, Channels("slice", -offset, 1) if is_channel else SAME))
         offset += t.shape[dim] if len(t.shape) > dim else 0
     return [Effect(L.with_sizes(layout, out_shape), deps)]
+
+
+def _cat_tokens(ctx: Ctx, tensors: list[TensorArg], dim: int, out_shape: tuple) -> Effect:
+    """Constant tokens (a class token, registers) concatenated to the patch tokens: the positions move by the
+    tokens in front, and the extra tokens carry none. Two input-derived pieces along a spatial dim (tiling,
+    circular padding written as cat) sit at different offsets: no shift-invariant receptive field, refused."""
+    tracked = [i for i, t in enumerate(tensors) if t.node is not None]
+    layout = ctx.layout(tensors[tracked[0]])
+    holders = {a: loc for a, loc in enumerate(layout) if loc is not None and dim in L.dims_of(loc)}
+    if len(tracked) > 1 or any(isinstance(loc, Split) for loc in holders.values()):
+        raise ctx.unsupported(
+            "concatenation along a spatial dim (for example circular padding or tiling): the pieces sit at "
+            "different offsets, so no shift-invariant receptive field exists; concatenate along channels instead "
+            "(extra tokens such as a class token must be constants, e.g. parameters)"
+        )
+    before = sum(t.shape[dim] for t in tensors[: tracked[0]])
+    new = list(layout)
+    for a, loc in holders.items():
+        new[a] = replace(loc, offset=loc.offset + before, plain=False)
+    return Effect(L.with_sizes(tuple(new), out_shape), [Dep(tensors[tracked[0]])])
 
 
 @rule("aten.stack")
@@ -1171,8 +1237,8 @@ def _product_effect(
                 raise ctx.unsupported(str(exc)) from None
             if rules[axis].periodic.is_global:
                 notes.append(
-                    f"global: {names[axis]} is summed over by a matrix product, e.g. a Linear layer on "
-                    f"flattened features ({ctx.where})"
+                    f"global: {names[axis]} is summed over by a matrix product (a Linear layer on flattened "
+                    f"features, or attention weights applied to value tokens) ({ctx.where})"
                     if summed and not kept
                     else f"global: key positions along {names[axis]} in a product of two position-indexed "
                     f"tensors, e.g. attention ({ctx.where})"
