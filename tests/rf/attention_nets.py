@@ -247,7 +247,7 @@ class NonLocalCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.stem(x)
-        B, C, H, W = y.shape
+        H, W = y.shape[2:]
         att = torch.softmax(tokens(self.theta(y)) @ self.phi(y).flatten(2), dim=-1)
         return self.out(y + grid(att @ tokens(self.g(y)), H, W))
 
