@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 LAB_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean venv figures
+.PHONY: lab test lint bench clean venv figures gpu-check gpu-wheels
 
 venv: $(STAMP)
 
@@ -39,5 +39,19 @@ figures: $(STAMP)
 	cp runs/lab-figures/ex1_supports.png runs/lab-figures/ex1_erf_trained.png runs/lab-figures/ex3_scale_curves.png \
 	   runs/lab-figures/ex4_iou_by_size.png runs/lab-figures/ex5_rf_vs_accuracy.png docs/figures/
 
+# On a machine with a GPU: the test suite on the GPU, then `atrous bench gpu` (<= 6 min on one H100). It uses
+# .venv or, where there is none, the python3 whose PyTorch sees the GPU; it never needs a package registry.
+gpu-check:
+	scripts/gpu-check
+
+# Wheels a GPU image without a package registry may lack (kornia), for its Python; run where PyPI is reachable
+# and bring wheels/ along. The versions are the ones the tests ran with here.
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels: $(STAMP)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+	  --python-version $(GPU_PYTHON_VERSION) --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d wheels \
+	  $$($(BIN)/python -m pip list --format=freeze | grep -iE '^(kornia|kornia[-_]rs)==')
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) runs wheels .pytest_cache .ruff_cache .hypothesis

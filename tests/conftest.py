@@ -28,3 +28,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--device auto`` means the CPU, in this process and in the ones it starts. For tests of exact equality
+    between runs (resumption, torchrun, the lab's reproducibility): on a GPU, cuDNN and atomic adds in backward
+    kernels make floats differ between runs. ``tests/train/test_devices.py`` covers the GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

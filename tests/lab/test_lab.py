@@ -11,6 +11,8 @@ import pytest
 from atrous.cli import main
 from atrous.lab.runner import run_lab
 
+pytestmark = pytest.mark.usefixtures("cpu_only")  # exact equality between runs: see conftest
+
 
 def _no_nan(text: str) -> dict:
     def refuse(token: str) -> None:

@@ -152,5 +152,13 @@ def test_gpu_runs_reproduce_and_compile(tmp_path: Path) -> None:
         [r["val"]["miou"] for r in b.history], abs=0.02
     )
     c = fit(TrainConfig(**common, compile=True, out=str(tmp_path / "c")), console=Console(quiet=True))
-    assert c.compile_seconds is not None and c.compile_seconds > 0
+    assert c.first_step_seconds is not None and c.first_step_seconds > 0
     assert math.isfinite(c.history[-1]["train_loss"])
+
+
+@pytest.mark.cuda
+def test_the_lab_trains_on_the_gpu_and_says_so(tmp_path: Path) -> None:
+    assert main(["lab", "--preset", "tiny", "--only", "ex2", "--device", "cuda", "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["device"].endswith("(cuda)")
+    assert "trained on" in (tmp_path / "report.md").read_text()

@@ -23,6 +23,8 @@ from atrous.train.config import TrainConfig
 from atrous.train.loop import TIMING_KEYS, TrainingDiverged, fit
 from datasets import folder_dataset
 
+pytestmark = pytest.mark.usefixtures("cpu_only")  # exact equality between runs: see conftest
+
 # deeplabv3_small has dropout in its ASPP: resuming must restore the RNG too, not only the weights.
 TRAIN = [
     "train",

@@ -76,7 +76,16 @@ class FitResult:
     history: list[dict[str, Any]]
     best_miou: float
     steps: int
-    compile_seconds: float | None = None  # wall time of the first (compiling) step, with --compile
+    first_step_seconds: float | None = None  # wall time of the first step: start-up, autotuning, compilation
+
+    @property
+    def steady_img_per_s(self) -> float | None:
+        """Training images per second after the first step (one-epoch runs: the epoch's time less that step)."""
+        if len(self.history) != 1 or self.first_step_seconds is None or self.steps < 2:
+            return None
+        rec = self.history[0]
+        per_step = rec["img_per_s"] * rec["seconds"] / self.steps
+        return per_step * (self.steps - 1) / (rec["seconds"] - self.first_step_seconds)
 
 
 def fit(
@@ -149,7 +158,7 @@ class Trainer:
             BatchStream(self.val_set, d.device, cfg.workers, on_device) if self.val_set is not None else None
         )
         self.has_aux = getattr(self.model, "aux_classifier", None) is not None
-        self.compile_seconds: float | None = None
+        self.first_step_seconds: float | None = None
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self, until: Callable[[dict], bool] | None) -> FitResult:
@@ -167,7 +176,7 @@ class Trainer:
                 if until is not None and until(record):
                     break
         return FitResult(
-            self.run_dir, self.history, self.state.best_miou, self.state.step, self.compile_seconds
+            self.run_dir, self.history, self.state.best_miou, self.state.step, self.first_step_seconds
         )
 
     def _wrap(self) -> torch.nn.Module:
@@ -191,14 +200,14 @@ class Trainer:
         todo = todo[: self.total - state.step]
         start = time.perf_counter()
         for x, y in self.stream(todo, state.epoch):
-            first = self.compile_seconds is None and cfg.compile
+            first = self.first_step_seconds is None
             loss = self._step(x, y)
             if first:
                 synchronize(d.device)
-                self.compile_seconds = time.perf_counter() - start
-                if d.main:
+                self.first_step_seconds = time.perf_counter() - start
+                if d.main and cfg.compile:
                     self.console.print(
-                        f"torch.compile: first step (compilation) took {self.compile_seconds:.1f} s"
+                        f"torch.compile: the first step (compilation) took {self.first_step_seconds:.1f} s"
                     )
             state.step += 1
             state.batch_in_epoch += 1
