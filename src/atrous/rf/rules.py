@@ -750,6 +750,9 @@ def _roll(ctx: Ctx) -> list[Effect]:
         d = _dim(d, len(x.shape))
         axis = L.axis_at_dim(layout, d)
         if axis is not None:
+            # An unbounded input has no border to wrap around, so the theoretical view sees a plain shift (Swin's
+            # shifted windows then show as windows offset by s, per phase); the in-image view wraps exactly, so a
+            # corner pixel's support (report.support) includes pixels from the far side of the image.
             rules[axis] = AxisRule(AxisMap.affine(1, Offsets.of([-s])), _pad_finite(s, "circular"))
         elif d == L.channel_dim(layout, x.shape):
             channels = MERGE
