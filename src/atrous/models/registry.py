@@ -1,7 +1,8 @@
 """One factory for every model: ``create_model("name:key=value,...", **kwargs)``.
 
 Models register themselves with :func:`register` (see ``zoo.py``). The CLI also accepts an import path
-``package.module:factory`` so users can point every tool at their own models.
+``package.module:factory:key=value,...`` so users can point every tool at their own models, or at a library's
+(``torchvision.models.segmentation:fcn_resnet50:weights=None,weights_backbone=None``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from atrous.errors import ModelError, did_you_mean
-from atrous.spec import parse_kwargs, split_spec
+from atrous.errors import AtrousError, ModelError, did_you_mean
+from atrous.spec import parse_kwargs, split_import_path, split_spec
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,18 @@ def _wants_sequence(annotation: Any) -> bool:
     return any(word in text for word in ("Sequence", "tuple", "list"))
 
 
+def _parameters(factory: Callable) -> dict[str, inspect.Parameter] | None:
+    try:
+        return dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
 def _coerce(factory: Callable, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Check keyword names against the factory and turn scalars into 1-tuples where a sequence is expected."""
-    params = inspect.signature(factory).parameters
+    params = _parameters(factory)
+    if params is None:  # a callable without a signature (a builtin): the call itself will judge the names
+        return kwargs
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in kwargs if k not in params]
         if unknown:
@@ -103,21 +113,56 @@ def create_model(spec: str, **kwargs: Any) -> nn.Module:
         raise ModelError(f"cannot build {name!r} with {merged}: {exc}") from exc
 
 
-_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+# Keyword arguments through which the factories of torchvision, timm and segmentation_models_pytorch
+# download pretrained weights; None switches each off.
+WEIGHT_ARGUMENTS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone", "encoder_weights")
+# How an offline download attempt shows itself: urllib's URLError, socket/requests connection errors,
+# huggingface_hub's LocalEntryNotFoundError / OfflineModeIsEnabled, timeouts; or a message that says so.
+_DOWNLOAD_TYPES = ("URLError", "Connection", "LocalEntryNotFound", "OfflineMode", "Timeout", "gaierror")
+_DOWNLOAD_WORDS = re.compile(
+    r"download|https?://|urlopen|internet|check your connection|offline|huggingface|hf_hub", re.IGNORECASE
+)
 
 
-def resolve_model(spec: str) -> nn.Module:
-    """A zoo spec, or ``package.module:factory`` (a callable returning an ``nn.Module``, or the class)."""
-    name = split_spec(spec)[0]
-    _load_zoo()
-    if name in _REGISTRY:
-        return create_model(spec)
-    if not _IMPORT_PATH.fullmatch(spec):
-        raise ModelError(
-            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}: give a zoo name (`atrous models`) "
-            "or an import path package.module:factory"
+def tried_download(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, looks like a failed download."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names = [t.__name__ for t in type(current).__mro__]
+        if any(word in name for name in names for word in _DOWNLOAD_TYPES):
+            return True
+        if _DOWNLOAD_WORDS.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _weights_fix(factory: Callable, spec: str, kwargs: dict[str, Any]) -> str:
+    """The arguments that would stop the download, spelled as the spec to type instead."""
+    params = _parameters(factory) or {}
+    names = [n for n in WEIGHT_ARGUMENTS if n in params and kwargs.get(n, "") is not None]
+    if not names:
+        return (
+            "pass its weights argument as None (torchvision: weights=None, weights_backbone=None; "
+            "segmentation_models_pytorch: encoder_weights=None)"
         )
-    module_name, _, attr = spec.partition(":")
+    extra = ",".join(f"{n}=None" for n in names)
+    fixed = f"{spec.rstrip(',')}{',' if split_import_path(spec)[2].strip() else ':'}{extra}"
+    return f"pass {', '.join(f'{n}=None' for n in names)}, e.g. {fixed!r}"
+
+
+def _factory_failure(factory: Callable, spec: str, name: str, kwargs: dict[str, Any], exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    called = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    if tried_download(exc):
+        return f"{called} raised {what}; it tried to download weights (offline?): {_weights_fix(factory, spec, kwargs)}"
+    return f"{called} raised {what}; check its arguments (run it in Python for the traceback)"
+
+
+def _import_target(module_name: str, attr: str, spec: str) -> Any:
     if os.getcwd() not in sys.path:  # console scripts do not put the working directory on the path
         sys.path.insert(0, os.getcwd())
     try:
@@ -129,7 +174,45 @@ def resolve_model(spec: str) -> nn.Module:
         if not hasattr(target, part):
             raise ModelError(f"{module_name!r} has no attribute {attr!r} (model path {spec!r})")
         target = getattr(target, part)
-    model = target() if callable(target) and not isinstance(target, nn.Module) else target
+    return target
+
+
+def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
+    """A zoo spec, or ``package.module:factory[:key=value,...]`` (a callable returning an ``nn.Module``, the
+    class, or a module instance); ``kwargs`` override the spec's arguments. A factory that raises becomes one
+    ``ModelError`` line naming it, the exception, and the arguments that stop a download when it tried one."""
+    name = split_spec(spec)[0]
+    _load_zoo()
+    if name in _REGISTRY:
+        return create_model(spec, **kwargs)
+    path = split_import_path(spec)
+    if path is None:
+        raise ModelError(
+            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}: give a zoo name (`atrous models`) "
+            "or an import path package.module:factory[:key=value,...]"
+        )
+    module_name, attr, rest = path
+    target = _import_target(module_name, attr, spec)
+    factory_name = f"{module_name}:{attr}"
+    merged = {**parse_kwargs(rest, f"model spec {spec!r}"), **kwargs}
+    if isinstance(target, nn.Module):
+        if merged:
+            raise ModelError(
+                f"{factory_name} is a module instance, not a factory: it takes no arguments "
+                f"({', '.join(merged)} given); point at a function or class instead"
+            )
+        return target
+    if not callable(target):
+        raise ModelError(
+            f"{factory_name} is a {type(target).__name__}, not a model factory or torch.nn.Module"
+        )
+    merged = _coerce(target, factory_name, merged)
+    try:
+        model = target(**merged)
+    except AtrousError:
+        raise
+    except Exception as exc:  # the user's factory: its failure is the user's to fix, said in one line
+        raise ModelError(_factory_failure(target, spec, factory_name, merged, exc)) from exc
     if not isinstance(model, nn.Module):
-        raise ModelError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"{factory_name} returned {type(model).__name__}, not a torch.nn.Module")
     return model
