@@ -14,7 +14,8 @@ of products of per-axis sets: branches with different dilations meet as a union,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import reduce
@@ -23,9 +24,10 @@ from math import ceil, prod
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from atrous.errors import InputShapeError, UnsupportedOpError
+from atrous.errors import InputShapeError, ModelError, UnsupportedOpError
 from atrous.rf import layout as L
 from atrous.rf.graph import Graph, OpCall, record
 from atrous.rf.layout import Layout
@@ -535,13 +537,13 @@ class RFReport:
     _finite: dict[int, NodeState] | None = field(default=None, repr=False)
 
     def output(self, name: str | None = None) -> TensorRF:
-        """The report of one output (the first when ``name`` is None)."""
+        """The report of one output (the first when ``name`` is None; names as in :func:`named_outputs`)."""
         if name is None:
             return self.outputs[0]
         for o in self.outputs:
             if o.name == name:
                 return o
-        raise KeyError(f"no output named {name!r}; outputs: {[o.name for o in self.outputs]}")
+        raise _unknown_output(name, [o.name for o in self.outputs])
 
     @property
     def rf(self) -> list[int | None]:
@@ -573,7 +575,7 @@ class RFReport:
         """Theoretical support of one output pixel on an unbounded input: ``(origin, mask)`` where
         ``mask[i, j]`` says whether input pixel ``(origin[0] + i, origin[1] + j)`` is reached. None if the
         receptive field is global along some axis."""
-        node = self.graph.outputs[output or self.outputs[0].name]
+        node = self.graph.outputs[self.output(output).name]
         state = self._periodic[node]
         lay = state.layout
         boxes = []
@@ -600,8 +602,7 @@ class RFReport:
     def support(self, index: Sequence[int], output: str | None = None) -> np.ndarray:
         """Exact in-image support of one output pixel: a boolean array over the input's spatial shape, True
         where the input pixel influences output ``index`` (spatial indices of that output)."""
-        name = output or self.outputs[0].name
-        node = self.graph.outputs[name]
+        node = self.graph.outputs[self.output(output).name]
         if self._finite is None:
             self._finite = self._prop.run(FiniteAlgebra(self.input_shape[1:]))
         state = self._finite[node]
@@ -629,6 +630,62 @@ class RFReport:
                 {"node": r.node, "module": r.module, "op": r.op, **r.tensor.to_json()} for r in self.layers()
             ]
         return data
+
+
+def named_outputs(out: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in a model's return value, named by where it sits: ``out`` for a lone tensor; the key of a
+    dict (``out``, ``aux``), the field of a dataclass or named tuple (``logits``), the index of a tuple or list
+    (``0``, ``1``); nested places joined by dots (``aux.0``). Other values (None, numbers) are skipped."""
+    if isinstance(out, torch.Tensor):
+        return [(prefix or "out", out)]
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        items: Any = ((f.name, getattr(out, f.name)) for f in dataclasses.fields(out))
+    elif isinstance(out, Mapping):
+        items = out.items()
+    elif isinstance(out, tuple) and hasattr(out, "_fields"):
+        items = zip(out._fields, out)
+    elif isinstance(out, (list, tuple)):
+        items = enumerate(out)
+    else:
+        return []
+    return [
+        leaf
+        for key, value in items
+        for leaf in named_outputs(value, f"{prefix}.{key}" if prefix else str(key))
+    ]
+
+
+def _unknown_output(name: str, names: Sequence[str]) -> ModelError:
+    return ModelError(
+        f"the model has no output {name!r}; its outputs are {', '.join(names)} (pick one of these)"
+    )
+
+
+def _as_named_dict(module: nn.Module, args: Any, out: Any) -> Any:
+    """Forward hook: a structured return value becomes a flat ``{name: tensor}`` dict, so that the recorder
+    names each output as :func:`named_outputs` does (it understands dicts, not dataclasses)."""
+    return None if isinstance(out, torch.Tensor) else dict(named_outputs(out))
+
+
+def select_output(model: nn.Module, name: str | None = None) -> nn.Module:
+    """Make ``model`` return only its output ``name`` (the first when None), for tools that need one tensor
+    (the ERF). Installs a forward hook on ``model`` itself, so module names (and messages) stay as they were;
+    a model that returns one tensor is left untouched when ``name`` is None or ``"out"``."""
+
+    def pick(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
+        if isinstance(out, torch.Tensor) and name in (None, "out"):
+            return out
+        leaves = dict(named_outputs(out))
+        if not leaves:
+            raise ModelError(f"the model returned {type(out).__name__}, which holds no tensor")
+        if name is None:
+            return next(iter(leaves.values()))
+        if name not in leaves:
+            raise _unknown_output(name, list(leaves))
+        return leaves[name]
+
+    model.register_forward_hook(pick)
+    return model
 
 
 def _tensor_rf(prop: Propagation, state: NodeState, node: int, name: str) -> TensorRF:
@@ -669,7 +726,11 @@ def analyze(
     shape = _parse_shape(input_shape)
     if not isinstance(model, nn.Module) and callable(model):
         model = model()
-    graph = record(model, (1, *shape), CONSTANT_PACKETS)
+    naming = model.register_forward_hook(_as_named_dict)
+    try:
+        graph = record(model, (1, *shape), CONSTANT_PACKETS)
+    finally:
+        naming.remove()
     options = Options(train_batchnorm=train_view, ignore_statistics=ignore_statistics)
     prop = Propagation(graph, options)
     periodic = prop.run(PeriodicAlgebra(), with_paths=True)
