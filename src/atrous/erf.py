@@ -273,14 +273,28 @@ def _crop_agrees(model: nn.Module, x: torch.Tensor, pos: tuple[int, int], crop: 
     )
 
 
-def load_for_erf(spec: str, checkpoint: str | None) -> nn.Module:
+def load_for_erf(
+    spec: str,
+    checkpoint: str | None,
+    model_kwargs: dict[str, Any] | None = None,
+    output: str | None = None,
+) -> nn.Module:
+    """The model of ``spec`` (zoo or import path, ``model_kwargs`` overriding its arguments) or of a trained
+    ``checkpoint``, returning only its output ``output`` (default: the first): gradients need one tensor, and
+    models with dict, tuple or dataclass outputs (torchvision's ``{"out", "aux"}``) are common."""
+    from atrous.rf.analyze import select_output
+
     if checkpoint:
+        if model_kwargs:
+            raise AtrousError(
+                "--model-kwargs does not apply to --checkpoint: the checkpoint has its own config"
+            )
         from atrous.train.inference import load
 
-        return load(checkpoint)
+        return select_output(load(checkpoint), output)
     from atrous.models.registry import resolve_model
 
-    return resolve_model(spec)
+    return select_output(resolve_model(spec, **(model_kwargs or {})), output)
 
 
 def draw(results: list[ERFResult], path: str | Path, log: bool = True) -> Path:
