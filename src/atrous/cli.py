@@ -30,19 +30,27 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
         raise InputShapeError(f"{what} {text!r} must be comma-separated integers, e.g. 3,224,224") from None
 
 
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """``--model-kwargs`` as a dict: arguments a spec string cannot spell (or that are easier in JSON)."""
+    from atrous.spec import parse_json_kwargs
+
+    return parse_json_kwargs(args.model_kwargs, "--model-kwargs")
+
+
 def cmd_rf(args: argparse.Namespace) -> int:
     from atrous.models.registry import resolve_model
     from atrous.rf import analyze
     from atrous.rf.render import layers_table, outputs_table
 
     shape = parse_ints(args.input, "--input")
-    report = analyze(
-        resolve_model(args.model), shape, train_view=args.train_view, ignore_statistics=args.ignore_stats
-    )
+    model = resolve_model(args.model, **model_kwargs(args))
+    report = analyze(model, shape, train_view=args.train_view, ignore_statistics=args.ignore_stats)
+    # An unknown name fails here, with the list of names, even without --at.
+    chosen = report.output(args.output)
     at = parse_ints(args.at, "--at") if args.at else None
     support = None
     if at is not None:
-        out = report.output(args.output)
+        out = chosen
         spatial = out.shape[2:]
         if len(at) != len(spatial) or any(not 0 <= i < n for i, n in zip(at, spatial)):
             raise InputShapeError(
@@ -54,6 +62,7 @@ def cmd_rf(args: argparse.Namespace) -> int:
             for ax in (grid.any(axis=tuple(j for j in range(grid.ndim) if j != i)) for i in range(grid.ndim))
         ]
         support = {
+            "output": out.name,
             "index": list(at),
             "pixels": int(grid.sum()),
             "box": [[int(i[0]), int(i[-1])] if len(i) else None for i in idx],
@@ -68,19 +77,54 @@ def cmd_rf(args: argparse.Namespace) -> int:
         console.print(layers_table(report))
     console.print(outputs_table(report))
     if support is not None:
+        of = f" of '{chosen.name}'" if len(report.outputs) > 1 else ""
         console.print(
-            f"in-image support of output pixel {tuple(at)}: {support['pixels']} input pixels, "
+            f"in-image support of output pixel {tuple(at)}{of}: {support['pixels']} input pixels, "
             f"bounding box {support['box']}"
         )
     return 0
 
 
+def custom_model_row(spec: str, shape: tuple[int, ...]) -> dict:
+    """A ``models`` row for a model outside the zoo (an import path): what the engine and the FLOP counter
+    measure. It declares no task or minimum size; its output stride is the RF engine's (first output)."""
+    from atrous.flops import count_flops, count_params
+    from atrous.models.registry import resolve_model
+    from atrous.rf import analyze
+
+    model = resolve_model(spec)
+    out = analyze(model, shape).outputs[0]
+    strides = [None if s is None else int(s) if s.denominator == 1 else float(s) for s in out.stride]
+    doc = " ".join((type(model).__doc__ or "").split("\n\n")[0].split())  # its first paragraph
+    return {
+        "name": spec,
+        "task": "custom",
+        "params": count_params(model),
+        "flops": count_flops(model, shape),
+        "rf": out.rf,
+        "rf_global": out.global_,
+        "holes": [a.hole_count for a in out.axes],
+        "output_stride": strides[0] if len(set(strides)) == 1 else strides,
+        "min_size": None,
+        "summary": f"{type(model).__name__}: {doc}" if doc else type(model).__name__,
+    }
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    from atrous.models.registry import list_models
     from atrous.models.summary import summarize
+    from atrous.spec import split_spec, with_kwargs
 
     shape = parse_ints(args.input, "--input")
-    names = [args.name] if args.name else None
-    rows = summarize(shape, names)
+    kwargs = model_kwargs(args)
+    if kwargs and not args.name:
+        raise AtrousError("--model-kwargs needs one model: atrous models NAME --model-kwargs '{...}'")
+    # Specs read Python literals back, so the JSON arguments join the spec (and the row's name shows them).
+    spec = with_kwargs(args.name, kwargs) if args.name else None
+    if spec and split_spec(spec)[0] not in list_models():
+        rows = [custom_model_row(spec, shape)]
+    else:
+        rows = summarize(shape, [spec] if spec else None)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -98,7 +142,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{r['flops'] / 1e9:.3f}",
             rf,
             str(r["output_stride"]),
-            str(r["min_size"]),
+            "-" if r["min_size"] is None else str(r["min_size"]),
             r["summary"],
         )
     console.print(table)
@@ -290,8 +334,15 @@ def cmd_erf(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     specs = [args.model, *(args.compare or [])]
     results = []
-    for spec in specs:
-        model = load_for_erf(spec, args.checkpoint if spec == args.model else None)
+    for i, spec in enumerate(specs):
+        # --checkpoint, --model-kwargs and --output describe MODEL; --compare specs carry their own arguments.
+        main = i == 0
+        model = load_for_erf(
+            spec,
+            args.checkpoint if main else None,
+            model_kwargs(args) if main else None,
+            args.output if main else None,
+        )
         results.append(
             effective_rf(
                 model,
@@ -303,7 +354,7 @@ def cmd_erf(args: argparse.Namespace) -> int:
                 batch=args.batch,
                 train_mode=args.train_mode,
                 seed=args.seed,
-                name=spec,
+                name=f"{spec} (output {args.output})" if main and args.output else spec,
                 device=device,
             )
         )
@@ -354,6 +405,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_kwargs(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-kwargs",
+        metavar="JSON",
+        help="keyword arguments for the model as a JSON object, e.g. '{\"weights\": null}' (override the spec's)",
+    )
+
+
 def add_device(p: argparse.ArgumentParser, what: str = "") -> None:
     text = "auto (CUDA when present), cpu, cuda or cuda:N" + (f"; {what}" if what else "")
     p.add_argument("--device", default="auto", help=text)
@@ -370,7 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("rf", help="exact receptive fields of a model")
-    p.add_argument("model", help="zoo spec (convstack:rates=1,2,5) or import path package.module:factory")
+    p.add_argument(
+        "model",
+        help="zoo spec (convstack:rates=1,2,5) or import path package.module:factory[:key=value,...] "
+        "(values are Python literals: None, True, 2, 'a', [False,True,True])",
+    )
     p.add_argument("--input", required=True, help="input shape C,H,W (batch excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument(
@@ -381,13 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ignore-stats", action="store_true", help="treat normalisation statistics as constants")
     p.add_argument("--at", help="also give the exact in-image support of this output pixel, e.g. 16,16")
-    p.add_argument("--output", help="which model output --at refers to (default: the first)")
+    p.add_argument(
+        "--output",
+        help="which model output --at refers to, by name (out, aux, 0, 1, ...; default: the first)",
+    )
+    add_model_kwargs(p)
     p.set_defaults(func=cmd_rf)
 
     p = sub.add_parser("models", help="list the zoo: parameters, FLOPs, receptive field, output stride")
-    p.add_argument("name", nargs="?", help="one model spec (default: every registered name)")
+    p.add_argument("name", nargs="?", help="one model spec or import path (default: every registered name)")
     p.add_argument("--input", default="3,64,64", help="input shape C,H,W for FLOPs and RF (default 3,64,64)")
     p.add_argument("--json", action="store_true")
+    add_model_kwargs(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("schedule", help="check a dilation schedule for holes, or suggest hole-free ones")
@@ -451,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("erf", help="effective receptive field (averaged input gradients), drawn with the RF")
-    p.add_argument("model", help="zoo spec or import path")
+    p.add_argument("model", help="zoo spec or import path package.module:factory[:key=value,...]")
+    add_model_kwargs(p)
+    p.add_argument("--output", help="which model output, by name (default: the first)")
     p.add_argument("--input", help="input shape C,H,W (random inputs), or use --data")
     p.add_argument("--data", help="dataset spec whose (val) samples are the inputs")
     p.add_argument("--inputs", default="normal", help="random input distribution: normal, uniform or ones")
