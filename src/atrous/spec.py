@@ -115,3 +115,14 @@ def split_import_path(spec: str) -> tuple[str, str, str] | None:
     if not sep or not _DOTTED.fullmatch(module.strip()) or not _DOTTED.fullmatch(attr.strip()):
         return None
     return module.strip(), attr.strip(), args
+
+
+def with_kwargs(spec: str, kwargs: dict[str, Any]) -> str:
+    """``spec`` with ``kwargs`` appended as Python literals, which :func:`parse_kwargs` reads back:
+    ``with_kwargs("pkg.mod:factory", {"weights": None})`` -> ``"pkg.mod:factory:weights=None"``."""
+    if not kwargs:
+        return spec
+    path = split_import_path(spec)
+    args = path[2] if path is not None else split_spec(spec)[1]
+    extra = ",".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return f"{spec.rstrip(',')}{',' if args.strip() else ':'}{extra}"

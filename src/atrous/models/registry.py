@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from atrous.errors import AtrousError, ModelError, did_you_mean
-from atrous.spec import parse_kwargs, split_import_path, split_spec
+from atrous.spec import parse_kwargs, split_import_path, split_spec, with_kwargs
 
 
 @dataclass(frozen=True)
@@ -124,19 +124,19 @@ _DOWNLOAD_WORDS = re.compile(
 )
 
 
-def tried_download(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised from, looks like a failed download."""
+def download_failure(exc: BaseException) -> BaseException | None:
+    """``exc``, or the exception it was raised from, that looks like a failed download; None if none does."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         names = [t.__name__ for t in type(current).__mro__]
-        if any(word in name for name in names for word in _DOWNLOAD_TYPES):
-            return True
-        if _DOWNLOAD_WORDS.search(str(current)):
-            return True
+        if any(word in name for name in names for word in _DOWNLOAD_TYPES) or _DOWNLOAD_WORDS.search(
+            str(current)
+        ):
+            return current
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 def _weights_fix(factory: Callable, spec: str, kwargs: dict[str, Any]) -> str:
@@ -148,18 +148,26 @@ def _weights_fix(factory: Callable, spec: str, kwargs: dict[str, Any]) -> str:
             "pass its weights argument as None (torchvision: weights=None, weights_backbone=None; "
             "segmentation_models_pytorch: encoder_weights=None)"
         )
-    extra = ",".join(f"{n}=None" for n in names)
-    fixed = f"{spec.rstrip(',')}{',' if split_import_path(spec)[2].strip() else ':'}{extra}"
+    fixed = with_kwargs(spec, dict.fromkeys(names))
     return f"pass {', '.join(f'{n}=None' for n in names)}, e.g. {fixed!r}"
 
 
-def _factory_failure(factory: Callable, spec: str, name: str, kwargs: dict[str, Any], exc: Exception) -> str:
+def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
-    what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _factory_failure(factory: Callable, spec: str, name: str, kwargs: dict[str, Any], exc: Exception) -> str:
     called = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-    if tried_download(exc):
-        return f"{called} raised {what}; it tried to download weights (offline?): {_weights_fix(factory, spec, kwargs)}"
-    return f"{called} raised {what}; check its arguments (run it in Python for the traceback)"
+    cause = download_failure(exc)
+    if cause is None:
+        return f"{called} raised {_one_line(exc)}; check its arguments (run it in Python for the traceback)"
+    # A library often wraps the network error in its own: name both, the user searches for either.
+    via = "" if cause is exc else f" (from {_one_line(cause)})"
+    return (
+        f"{called} raised {_one_line(exc)}{via}; it tried to download weights (offline?): "
+        f"{_weights_fix(factory, spec, kwargs)}"
+    )
 
 
 def _import_target(module_name: str, attr: str, spec: str) -> Any:
