@@ -36,7 +36,7 @@ bench: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/atrous lab --preset quick --out runs/lab-figures
 	mkdir -p docs/figures
-	cp runs/lab-figures/ex1_supports.png runs/lab-figures/ex1_erf_trained.png runs/lab-figures/ex3_scale_curves.png \
+	cp runs/lab-figures/ex1_supports.png runs/lab-figures/ex1_erf_trained.png runs/lab-figures/ex2_regime_a_curves.png \
 	   runs/lab-figures/ex4_iou_by_size.png runs/lab-figures/ex5_rf_vs_accuracy.png docs/figures/
 
 # On a machine with a GPU: the test suite on the GPU, then `atrous bench gpu` (<= 6 min on one H100). It uses

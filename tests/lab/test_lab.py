@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from atrous.cli import main
 from atrous.lab.runner import run_lab
@@ -79,3 +81,34 @@ def test_lab_options_errors(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
     assert "unknown exercise 'ex9'" in capsys.readouterr().err
     assert main(["lab", "--preset", "tiny", "--seeds", "x", "--out", str(tmp_path)]) == 2
     assert "--seeds 'x'" in capsys.readouterr().err
+
+
+def test_every_comparison_states_prediction_measurement_and_agreement(two_runs: tuple[Path, Path]) -> None:
+    results = json.loads((two_runs[0] / "results.json").read_text())
+    for ex in ("ex2", "ex3"):
+        assert set(results[ex]["regimes"]) == {"a", "b"}
+        for regime in results[ex]["regimes"].values():
+            assert regime["regime"]["needed_rf"] == 2 * regime["regime"]["small"] + 1
+            for c in regime["comparisons"]:
+                assert c["prediction"] in ("better", "worse", "tie") and c["because"]
+                assert c["agreement"] in ("agrees", "disagrees", "undetermined")
+                assert c["measurement"]["verdict"] == "inconclusive (one seed)"  # tiny runs one seed
+    for size in results["ex4"]["by_size"].values():
+        assert size["needed_rf"] > 0 and isinstance(size["covering"], list)
+    (task,) = results["ex5"].values()
+    assert task["prediction"]["saturation_rf"] == 9 and task["agreement"]["saturation_rf"] in (
+        "agrees",
+        "disagrees",
+    )
+    md = (two_runs[0] / "report.md").read_text()
+    assert md.index("stated before training") < md.index("prediction, measurement, agreement")
+
+
+def test_without_a_terminal_the_lab_prints_a_line_per_run(tmp_path: Path) -> None:
+    out = io.StringIO()
+    run_lab("tiny", tmp_path, only="ex5", console=Console(file=out, force_terminal=False, width=80))
+    text = out.getvalue()
+    assert re.search(r"expected about \d+ s on this machine", text)
+    assert re.search(r"\[1/3\] ex5 RF \d+ \(objects 4px\), seed 0: val mIoU \d\.\d{3} after \d+ steps", text)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["exercises"]["ex5"]["runs"] == 3 and timings["exercises"]["ex5"]["run_seconds"] > 0

@@ -9,11 +9,8 @@ from atrous.lab.presets import Preset
 from atrous.lab.stats import Estimate, mean_ci
 
 
-def tasks(p: Preset) -> dict[str, str]:
-    return {
-        "shapes": f"shapes:size={p.size},n={p.n},snr={p.shapes_snr}",
-        "scale": f"scale:size={p.size},n={p.n},small={p.scale_small},large={p.scale_large}",
-    }
+def scale_task(p: Preset) -> str:
+    return f"scale:size={p.size},n={p.n},small={p.scale_small},large={p.scale_large}"
 
 
 def job(p: Preset, model: str, data: str, seed: int, label: str) -> Job:

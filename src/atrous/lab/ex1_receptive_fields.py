@@ -36,7 +36,7 @@ def erf_spec(p: Preset, name: str) -> str:
 
 
 def jobs(p: Preset, seeds: list[int]) -> list[Job]:
-    data = common.tasks(p)["scale"]
+    data = common.scale_task(p)
     return [
         common.job(p, erf_spec(p, name), data, seeds[0], f"ex1 {name} stack on scale") for name in ERF_STACKS
     ]
@@ -88,7 +88,7 @@ def erf_panels(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> tup
     """ERFs of the Ex1 stacks at initialisation and after training on scale, on validation images."""
     from atrous.train.inference import load
 
-    data = common.tasks(p)["scale"]
+    data = common.scale_task(p)
     val = data.replace(f"n={p.n}", f"n={p.ex1_erf_samples}") + ",split=val"
     before, after, rows, out = [], [], [], {}
     for name in ERF_STACKS:
@@ -140,7 +140,7 @@ def _sig(result) -> str:
     return "-" if sigma is None else f"{sigma[0]:.1f}"
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: dict) -> Section:
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
     measured = [measure(name, p.ex1_flops_size) for name in STACKS]
     rows = [r for r, _ in measured]
     draw_supports(rows, [m for _, m in measured], run_dir / "ex1_supports.png")

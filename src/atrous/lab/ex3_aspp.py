@@ -1,13 +1,16 @@
-"""Exercise 3: DeepLabv3 (ASPP) and the context module added to the U-Net comparison, same protocol.
+"""Exercise 3: ASPP and the context module against their undilated twins (same shapes, all rates 1), in the
+regimes of Exercise 2; and DeepLabv3, whose output stride predicts what it does to small objects.
 
-The small DeepLab's ASPP rates are scaled to its feature map (stride 8 on the lab's small images leaves a few
-pixels per side; the standard 12/24/36 would read padding with all but the centre tap)."""
+The ASPP rates (1, r, 2r) are the smallest whose RF covers regime (a)'s need, chosen by the engine; the
+small DeepLab's ASPP rates are scaled to its feature map (stride 8 on the lab's small images leaves a few
+pixels per side)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
-from atrous.lab import compare
+from atrous.lab import compare, design, ex2_unets
 from atrous.lab.jobs import Job
 from atrous.lab.presets import Preset
 from atrous.lab.report import Section
@@ -15,10 +18,47 @@ from atrous.lab.report import Section
 KEY = "ex3"
 
 
+@lru_cache(maxsize=8)
+def aspp_rate(width: int, need: int, size: int) -> int:
+    """The smallest r whose ASPP rates (1, r, 2r) give the net an RF covering ``need``."""
+    for r in range(2, 33):
+        if design.describe("", f"aspp_net:width={width},rates=1,{r},{2 * r}", size).sees(need):
+            return r
+    raise ValueError(f"no ASPP rates up to (1, 32, 64) reach an RF of {need}")
+
+
+def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:
+    regimes = ex2_unets.regimes(p)
+    r = aspp_rate(p.aspp_width, regimes[0].need, regimes[0].size)
+    out = []
+    for regime in regimes:
+        d = lambda label, spec, size=regime.size: design.describe(label, spec, size)  # noqa: E731
+        ctx = f"context:front_width={p.context_width}"
+        aspp = f"aspp_net:width={p.aspp_width},rates="
+        standard, _ = design.unets(p.unet_width, p.unet_depth, p.max_rate, regime.size)
+        contests = [
+            compare.Contest(
+                d("context module", ctx),
+                d("context, rates 1", f"{ctx},context_rates={design.UNDILATED_CONTEXT}"),
+                "rf",
+                "miou",
+            ),
+            compare.Contest(
+                d(f"ASPP 1,{r},{2 * r}", f"{aspp}1,{r},{2 * r}"),
+                d("ASPP 1,1,1", f"{aspp}1,1,1"),
+                "rf",
+                "miou",
+            ),
+            compare.Contest(d("DeepLabv3 (small)", p.deeplab), standard, "stride", "iou:1"),
+        ]
+        out.append((regime, contests))
+    return out
+
+
 def jobs(p: Preset, seeds: list[int]) -> list[Job]:
-    return compare.jobs(p, p.unets + p.others, seeds, KEY)
+    return compare.jobs(p, plan(p), seeds, KEY)
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: dict) -> Section:
-    title = "Exercise 3: ASPP (DeepLabv3) and the context module"
-    return compare.section(KEY, title, p, p.unets + p.others, seeds, results, run_dir, timings)
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
+    title = "Exercise 3: ASPP, the context module and DeepLab's output stride"
+    return compare.section(KEY, title, p, plan(p), seeds, results, run_dir)

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from atrous.data import build_dataset
+from atrous.data.synthetic import needed_rf
 from atrous.lab import common, plots
 from atrous.lab.jobs import Job
 from atrous.lab.presets import Preset
 from atrous.lab.report import Section, Table
-from atrous.lab.stats import compare_paired, mean_ci
+from atrous.lab.stats import agreement, compare_paired, mean_ci
 from atrous.rf import analyze
 
 KEY = "ex4"
@@ -30,7 +31,7 @@ def jobs(p: Preset, seeds: list[int]) -> list[Job]:
     ]
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: dict) -> Section:
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
     data = data_spec(p)
     classes = build_dataset(data).class_names[1:]  # object size classes
     s = Section(KEY, "Exercise 4: multi-scale fusion with ASPP", f"atrous lab --only {KEY} --preset {p.name}")
@@ -44,16 +45,17 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: 
     )
     means = np.zeros((len(p.ms_variants), len(classes)))
     rows, out, per_class = [], {"data": data, "classes": classes, "variants": {}}, {}
-    timings[KEY] = {}
+    extents = build_dataset(data).extents
+    rfs: dict[str, int | None] = {}
     for i, (label, spec) in enumerate(p.ms_variants):
         per_seed = common.runs(results, p, spec, data, seeds)
         rf = analyze(per_seed_model(spec, data), (3, p.ms_size, p.ms_size)).outputs[0]
         rf_text = "global" if rf.global_ else str(rf.rf[0])
+        rfs[label] = None if rf.global_ else int(rf.rf[0])
         ious = [common.estimate(per_seed, f"iou:{c + 1}") for c in range(len(classes))]
         means[i] = [e.mean for e in ious]
         per_class[label] = [common.final(per_seed, f"iou:{c + 1}") for c in range(len(classes))]
         miou = common.estimate(per_seed, "miou")
-        timings[KEY][label] = common.speed(per_seed)
         rows.append([label, rf_text, *[str(e) for e in ious], str(miou)])
         out["variants"][label] = {
             "spec": spec,
@@ -77,21 +79,9 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: 
         "Mean validation IoU per variant (rows) and object size (columns)",
     )
     s.figures.append((fig, "IoU per ASPP variant and object size"))
-    out["best_per_size"] = {}
-    singles = [
-        label for label, spec in p.ms_variants if "," not in spec.split("rates=")[1].split(",image")[0]
-    ]
-    for c, name in enumerate(classes):
-        best = max(per_class, key=lambda v: float(np.mean(per_class[v][c])))
-        line = f"Objects of {name}: highest mean IoU with {best} ({mean_ci(per_class[best][c])})"
-        comparisons = {}
-        for other in singles:
-            if other != best:
-                cmp = compare_paired(per_class[best][c], per_class[other][c])
-                comparisons[other] = cmp.to_json()
-                line += f"; vs {other}: {cmp.summary()}"
-        s.paragraphs.append(line + ".")
-        out["best_per_size"][name] = {"best": best, "vs_single_rates": comparisons}
+    out["by_size"] = {
+        name: size_class_part(s, name, c, extents[c], rfs, per_class) for c, name in enumerate(classes)
+    }
     s.results = out
     return s
 
@@ -101,3 +91,35 @@ def per_seed_model(spec: str, data: str):
     from atrous.models.registry import create_model
 
     return create_model(spec, num_classes=build_dataset(data).num_classes)
+
+
+def size_class_part(s: Section, name: str, c: int, extent: int, rfs: dict, per_class: dict) -> dict:
+    """Prediction: a variant whose RF reaches 2 x side + 1 sees every pixel's object with the background beyond
+    both of its ends, so it can tell this size from the others; one whose RF falls short cannot for every pixel.
+    The smallest covering variant is predicted to beat each variant that does not cover."""
+    need = needed_rf(extent)
+    covers = [v for v, rf in rfs.items() if rf is None or rf >= need]
+    short = [v for v in rfs if v not in covers]
+    best = max(per_class, key=lambda v: float(np.mean(per_class[v][c])))
+    line = (
+        f"Objects of {name} (needed RF {need}): predicted to separate them: {', '.join(covers) or 'none'}. "
+        f"Measured: highest mean IoU with {best} ({mean_ci(per_class[best][c])})"
+    )
+    result: dict = {"needed_rf": need, "covering": covers, "best": best, "comparisons": []}
+    if covers and short:
+        lead = min(covers, key=lambda v: (rfs[v] is None, rfs[v] or 0))
+        for other in short:
+            cmp = compare_paired(per_class[lead][c], per_class[other][c])
+            agree = agreement("better", cmp)
+            line += f"; {lead} vs {other} (predicted better): {cmp.summary()}, {agree}"
+            result["comparisons"].append(
+                {
+                    "a": lead,
+                    "b": other,
+                    "prediction": "better",
+                    "measurement": cmp.to_json(),
+                    "agreement": agree,
+                }
+            )
+    s.paragraphs.append(line + ".")
+    return result

@@ -14,10 +14,10 @@ import numpy as np
 
 from atrous.data.synthetic import needed_rf
 from atrous.lab import common, plots
-from atrous.lab.jobs import Job
+from atrous.lab.jobs import CONVERGENCE, Job
 from atrous.lab.presets import Preset
 from atrous.lab.report import Section, Table
-from atrous.lab.stats import compare_paired
+from atrous.lab.stats import agreement, compare_paired
 from atrous.models.registry import create_model
 from atrous.rf import analyze, schedule
 
@@ -49,20 +49,21 @@ def saturation(rfs: list[int], miou: dict[int, list[float]]) -> tuple[int, dict]
     for rf in sorted(rfs):
         close = np.mean(miou[rf]) >= np.mean(miou[best]) - TOLERANCE
         cmp = compare_paired(miou[rf], miou[best])
-        if rf == best or (close and cmp.verdict != "worse"):
+        if rf == best or (close and cmp.outcome != "worse"):
             return rf, {"best_rf": best, "vs_best": cmp.to_json()}
     return best, {"best_rf": best}
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: dict) -> Section:
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
     s = Section(KEY, "Exercise 5: receptive field vs accuracy", f"atrous lab --only {KEY} --preset {p.name}")
     s.paragraphs.append(
         f"Conv stacks of {p.ex5_depth} layers, width {p.width}, trained {p.steps} steps on `scale` (label = object "
         f"size), seeds {seeds}. Saturation RF: the smallest RF whose mean validation mIoU is within {TOLERANCE} of "
-        "the best RF's and not significantly lower (paired t-test over seeds)."
+        "the best RF's and not significantly lower (paired t-test over seeds). Prediction (the engine, before "
+        "training): stacks whose RF is below the needed RF cannot separate every pixel, so accuracy saturates at "
+        f"the first RF of the sweep that reaches the need. {CONVERGENCE}."
     )
     out: dict = {}
-    timings[KEY] = {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     speed_ax = axes[1].twinx()
     for small in p.ex5_smalls:
@@ -78,7 +79,6 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: 
             small_iou = common.estimate(per_seed, "iou:1")
             miou[rf] = common.final(per_seed, "miou")
             img_s = common.speed(per_seed)
-            timings[KEY][f"{small}px/RF {rf}"] = img_s
             rows.append(
                 [
                     report.rf[0],
@@ -95,14 +95,23 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: 
         sat, detail = saturation(list(p.ex5_rfs), miou)
         below = [r for r in p.ex5_rfs if r < need]
         at = [r for r in p.ex5_rfs if r >= need]
-        text = (
-            f"Objects {small} px (needed RF 2 x {small} + 1 = {need}): mIoU saturates at RF {sat} "
-            f"({sat / need:.2f} x the needed RF)."
+        predicted_sat = min(at) if at else None
+        sat_agrees = (
+            "undetermined" if predicted_sat is None else ("agrees" if sat == predicted_sat else "disagrees")
         )
-        step = None
+        text = (
+            f"Objects {small} px (needed RF 2 x {small} + 1 = {need}). Predicted: saturation at RF "
+            f"{predicted_sat if predicted_sat is not None else 'beyond the sweep'}. Measured: mIoU saturates at "
+            f"RF {sat} ({sat / need:.2f} x the needed RF): {sat_agrees}."
+        )
+        step = step_agrees = None
         if below and at:
             step = compare_paired(miou[min(at)], miou[max(below)])
-            text += f" RF {min(at)} vs RF {max(below)}: mIoU difference {step.describe()}."
+            step_agrees = agreement("better", step)
+            text += (
+                f" RF {min(at)} vs RF {max(below)}, predicted better: mIoU difference {step.describe()} "
+                f"({step_agrees})."
+            )
         s.paragraphs.append(text)
         s.tables.append(
             Table(
@@ -129,6 +138,8 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, timings: 
             "data": data,
             "needed_rf": need,
             "saturation_rf": sat,
+            "prediction": {"saturation_rf": predicted_sat, "step_at_needed": "better" if step else None},
+            "agreement": {"saturation_rf": sat_agrees, "step_at_needed": step_agrees},
             **detail,
             "step_at_needed": None if step is None else step.to_json(),
             "points": [

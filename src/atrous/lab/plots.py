@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -23,9 +24,15 @@ def learning_curves(curves: dict[str, dict[str, list[list[float]]]], path: Path,
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, per_metric in curves.items():
-            data = np.array(per_metric[metric], dtype=float)
-            epochs = np.arange(1, data.shape[1] + 1)
-            mean, sd = data.mean(0), data.std(0, ddof=1) if len(data) > 1 else np.zeros(data.shape[1])
+            # Runs stop when they converge, so seeds may have different lengths: pad with NaN, average what ran.
+            longest = max(len(c) for c in per_metric[metric])
+            data = np.array(
+                [list(c) + [np.nan] * (longest - len(c)) for c in per_metric[metric]], dtype=float
+            )
+            epochs = np.arange(1, longest + 1)
+            with warnings.catch_warnings():  # epochs only one seed reached have no SD: drawn as 0
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, sd = np.nanmean(data, axis=0), np.nan_to_num(np.nanstd(data, axis=0, ddof=1))
             ax.plot(epochs, mean, marker="o", markersize=3, label=label)
             ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
         ax.set_xlabel("epoch")

@@ -1,6 +1,6 @@
-"""Lab presets. ``quick`` (the default) was sized by measurement: every exercise, 3 seeds, under 10 minutes
-on 2 CPU cores; ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (200 samples, 20 epochs,
-64 x 64, the seed's own models, 5 seeds)."""
+"""Lab presets. ``quick`` (the default) was sized by measurement: every exercise, 3 seeds, under 300 s on the
+slower 2-core machines of this kind (the lab's timings.json says where the time goes); ``tiny`` is the CI smoke
+run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider models; a GPU's job)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,17 @@ class Preset:
     width: int  # channels of the conv stacks of Ex1 / Ex5
     ex1_flops_size: int  # Exercise 1 table: FLOPs counted at this size
     ex1_erf_samples: int
-    # Exercise 2 and 3: models compared on shapes and scale (label -> spec).
-    unets: tuple[tuple[str, str], ...]
-    others: tuple[tuple[str, str], ...]
+    # Exercises 2 and 3: the U-Net pair whose RFs set the regimes (design.py), and the Ex3 models' widths.
+    unet_width: int
+    unet_depth: int
+    max_rate: int  # largest bottleneck rate the dilated U-Net may use
+    min_size: int  # smallest image side of a regime
+    context_width: int
+    aspp_width: int
+    deeplab: str
+    # Exercise 1's ERFs after training, and Exercise 5's large objects: scale with these object sizes.
     scale_small: int
     scale_large: int
-    shapes_snr: float
     # Exercise 4: multiscale task and ASPP variants (label -> spec).
     ms_size: int
     ms_variants: tuple[tuple[str, str], ...]
@@ -36,13 +41,18 @@ class Preset:
     ex5_depth: int = 5
 
 
-ASPP_VARIANTS = (
-    ("rate 1", "aspp_net:rates=1"),
-    ("rate 3", "aspp_net:rates=3"),
-    ("rate 6", "aspp_net:rates=6"),
-    ("rates 1,3,6", "aspp_net:rates=1,3,6"),
-    ("rates 1,3,6 + pooling", "aspp_net:rates=1,3,6,image_pooling=true"),
-)
+def aspp_variants(width: int, which: tuple[int, ...] = (0, 1, 2, 3, 4)) -> tuple[tuple[str, str], ...]:
+    """Exercise 4's heads (label -> spec): single rates, fused rates, fused rates with image pooling."""
+    head = f"aspp_net:width={width},rates="
+    variants = (
+        ("rate 1", f"{head}1"),
+        ("rate 3", f"{head}3"),
+        ("rate 6", f"{head}6"),
+        ("rates 1,3,6", f"{head}1,3,6"),
+        ("rates 1,3,6 + pooling", f"{head}1,3,6,image_pooling=true"),
+    )
+    return tuple(variants[i] for i in which)
+
 
 PRESETS = {
     "tiny": Preset(
@@ -56,41 +66,43 @@ PRESETS = {
         width=8,
         ex1_flops_size=64,
         ex1_erf_samples=4,
-        unets=(("U-Net", "unet:width=4,depth=2"), ("dilated U-Net", "dilated_unet:width=4,depth=2")),
-        others=(
-            ("DeepLabv3", "deeplabv3_small:aspp_channels=16,rates=1,2,3"),
-            ("context", "context:front_width=8"),
-        ),
+        unet_width=4,
+        unet_depth=1,
+        max_rate=2,
+        min_size=24,
+        context_width=8,
+        aspp_width=8,
+        deeplab="deeplabv3_small:aspp_channels=16,rates=1,2,3",
         scale_small=4,
         scale_large=10,
-        shapes_snr=2.0,
         ms_size=48,
-        ms_variants=(ASPP_VARIANTS[0], ASPP_VARIANTS[3]),
+        ms_variants=aspp_variants(8, (0, 3)),
         ex5_rfs=(5, 9, 17),
         ex5_smalls=(4,),
     ),
     "quick": Preset(
         name="quick",
         seeds=3,
-        size=48,
-        n=400,
-        steps=200,
+        size=32,
+        n=256,
+        steps=144,
         batch_size=16,
         lr=3e-3,
-        width=16,
+        width=12,
         ex1_flops_size=64,
         ex1_erf_samples=32,
-        unets=(("U-Net", "unet:width=16,depth=2"), ("dilated U-Net", "dilated_unet:width=16,depth=2")),
-        others=(
-            ("DeepLabv3", "deeplabv3_small:aspp_channels=32,rates=1,2,3"),
-            ("context", "context:front_width=16"),
-        ),
+        unet_width=8,
+        unet_depth=1,
+        max_rate=3,
+        min_size=32,
+        context_width=8,
+        aspp_width=16,
+        deeplab="deeplabv3_small:aspp_channels=16,rates=1,2,3",
         scale_small=6,
         scale_large=16,
-        shapes_snr=2.0,
-        ms_size=64,
-        ms_variants=ASPP_VARIANTS,
-        ex5_rfs=(5, 9, 11, 13, 17, 25, 49, 129),
+        ms_size=48,
+        ms_variants=aspp_variants(16),
+        ex5_rfs=(5, 9, 13, 17, 33),
         ex5_smalls=(6,),
     ),
     "full": Preset(
@@ -104,13 +116,17 @@ PRESETS = {
         width=64,
         ex1_flops_size=64,
         ex1_erf_samples=64,
-        unets=(("U-Net (seed)", "seed_unet"), ("dilated U-Net (seed)", "seed_dilated_unet")),
-        others=(("DeepLab (seed)", "seed_deeplab"), ("context", "context:front_width=32")),
+        unet_width=64,
+        unet_depth=2,
+        max_rate=4,
+        min_size=64,
+        context_width=32,
+        aspp_width=64,
+        deeplab="seed_deeplab",
         scale_small=8,
         scale_large=24,
-        shapes_snr=2.0,
         ms_size=96,
-        ms_variants=ASPP_VARIANTS,
+        ms_variants=aspp_variants(64),
         ex5_rfs=(5, 9, 13, 17, 21, 25, 33, 49, 65, 97, 129),
         ex5_smalls=(4, 8),
     ),

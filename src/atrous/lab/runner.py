@@ -19,14 +19,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from atrous.data import build_dataset
 from atrous.errors import AtrousError
 from atrous.fileio import write_atomic
-from atrous.lab import ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy
-from atrous.lab.jobs import run_jobs
+from atrous.lab import calibrate, ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy
+from atrous.lab.jobs import Job, run_jobs
 from atrous.lab.presets import get_preset
 from atrous.lab.report import write_report
-from atrous.models.registry import create_model
 
 EXERCISES = {m.KEY: m for m in (ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy)}
 
@@ -79,31 +77,21 @@ def run_lab(
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    jobs = [j for key in chosen for j in EXERCISES[key].jobs(p, seed_list)]
-    for model, data in {(j.model, j.data) for j in jobs}:  # fail before any training, not halfway through
-        build_dataset(data)
-        create_model(model)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+    planned = {key: EXERCISES[key].jobs(p, seed_list) for key in chosen}
+    jobs = order_longest_first([j for key in chosen for j in planned[key]])
+    estimate = calibrate.expected_seconds(jobs, workers, device)
+    console.print(
+        f"lab {preset}: {len(jobs)} training runs on {workers} {'processes' if workers > 1 else 'process'}; "
+        f"expected about {estimate:.0f} s on this machine, from a calibration just now (if every run goes to its "
+        "step limit; runs that converge stop earlier)",
+        soft_wrap=True,
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"lab {preset}: training", total=len({j.key for j in jobs}))
-
-        def done(job, count: int, total: int) -> None:
-            bar.update(task, completed=count, description=f"lab {preset}: done {job.label}")
-
-        results = run_jobs(jobs, run_dir / "runs", workers, done, device)
-        sections, timings = [], {}
-        report_task = bar.add_task("report", total=len(chosen))
-        for key in chosen:
-            bar.update(report_task, description=f"report: {key}")
-            sections.append(EXERCISES[key].section(p, seed_list, results, run_dir, timings))
-            bar.advance(report_task)
+    results = _train(jobs, run_dir, workers, device, console, f"lab {preset}")
+    sections, report_seconds = [], {}
+    for key in chosen:
+        t0 = time.perf_counter()
+        sections.append(EXERCISES[key].section(p, seed_list, results, run_dir))
+        report_seconds[key] = time.perf_counter() - t0
     meta = {
         "preset": preset,
         "device": device_name(device),
@@ -114,14 +102,70 @@ def run_lab(
     }
     header = (
         f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}; torch {torch.__version__}; "
-        f"trained on {device_name(device)}. "
-        "Every number below was computed in this run."
+        f"trained on {device_name(device)}. Every number below was computed in this run."
     )
     paths = write_report(sections, run_dir, header, meta)
     # Measured speeds vary from run to run: kept out of results.json so that it is reproducible.
-    timings["wall_seconds"] = time.perf_counter() - start
+    timings = breakdown(planned, results, report_seconds)
+    timings.update(expected_seconds=estimate, workers=workers, wall_seconds=time.perf_counter() - start)
     write_atomic(run_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
     console.print(
         f"report: {paths['html']} ({paths['md'].name}, {paths['json'].name}); {timings['wall_seconds']:.0f} s"
     )
     return paths
+
+
+def order_longest_first(jobs: list[Job]) -> list[Job]:
+    """Distinct jobs, the most expensive first, so no worker is left with a long run at the end."""
+    unique = list({j.key: j for j in jobs}.values())
+    return sorted(unique, key=lambda j: -calibrate.job_cost(j))
+
+
+def _train(jobs: list[Job], run_dir: Path, workers: int, device: str, console: Console, what: str) -> dict:
+    """Run the jobs with a progress bar in a terminal, and one line per finished run elsewhere (a pipe, a log
+    file, CI), so that a long run is never silent."""
+
+    def line(job: Job, result: dict, count: int, total: int) -> str:
+        val = result["final"]["miou"]
+        secs = result["timing"]["job_seconds"]
+        return (
+            f"[{count}/{total}] {job.label}: val mIoU {val:.3f} after {result['steps']} steps ({secs:.1f} s)"
+        )
+
+    if not console.is_terminal:
+        return run_jobs(
+            jobs, run_dir / "runs", workers, lambda *a: console.print(line(*a), soft_wrap=True), device
+        )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"{what}: training", total=len(jobs))
+
+        def done(job: Job, result: dict, count: int, total: int) -> None:
+            bar.update(task, completed=count, description=f"{what}: done {job.label}")
+
+        return run_jobs(jobs, run_dir / "runs", workers, done, device)
+
+
+def breakdown(planned: dict[str, list[Job]], results: dict, report_seconds: dict[str, float]) -> dict:
+    """Where the time went, per exercise: its training runs (a run shared by several exercises is counted in the
+    first), the building of its section (ERFs, RF analyses, figures), and every run's own numbers."""
+    counted: set[str] = set()
+    per_exercise = {}
+    for key, jobs in planned.items():
+        own = [j.key for j in {j.key: j for j in jobs}.values() if j.key not in counted]
+        counted.update(own)
+        per_exercise[key] = {
+            "runs": len(own),
+            "run_seconds": sum(results[k]["timing"]["job_seconds"] for k in own),
+            "steps": sum(results[k]["steps"] for k in own),
+            "section_seconds": report_seconds.get(key, 0.0),
+        }
+    runs = {r["job"]["label"] or k: {"steps": r["steps"], **r["timing"]} for k, r in results.items()}
+    return {"exercises": per_exercise, "runs": runs}

@@ -95,13 +95,50 @@ def mean_ci(values: Sequence[float]) -> Estimate:
     return Estimate(mean, t_quantile(0.975, n - 1) * sd / math.sqrt(n), n)
 
 
+# What the lab calls a difference worth detecting (mIoU, IoU), and the power it designs for. A comparison that
+# could only have detected larger differences than RELEVANT says "inconclusive", not "no difference".
+RELEVANT = 0.05
+POWER = 0.8
+
+
+def minimum_detectable(sd_diff: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Smallest true mean difference a two-sided paired t-test over ``n`` seeds detects with probability
+    ``power`` at level ``alpha``, given the observed SD of the per-seed differences:
+    ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)`` (about 3.1 sd for n = 3)."""
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd_diff / math.sqrt(n)
+
+
+# The verdict rules, in one place. Outcome (what the verdict says about a vs b) -> verdict text.
+#   p < alpha                      -> "better" / "worse"
+#   not significant, MDD <= RELEVANT -> "no difference larger than MDD detected"   (outcome "tie")
+#   not significant, MDD >  RELEVANT -> "inconclusive"                              (outcome "undetermined")
+#   one seed                       -> "inconclusive"                                (outcome "undetermined")
+OUTCOMES = ("better", "worse", "tie", "undetermined")
+VERDICT_RULES = (
+    f"Verdicts: a two-sided paired t-test over seeds at alpha {ALPHA}; not significant, it says which difference "
+    f"the design could have detected with power {POWER} (the MDD, from the observed spread over seeds): "
+    f"'no difference larger than MDD detected' when MDD <= {RELEVANT}, otherwise 'inconclusive'."
+)
+
+
 @dataclass(frozen=True)
 class Comparison:
     diff: Estimate  # mean of (a - b) over seeds, with its CI
     t: float
     p: float
-    verdict: str  # "better", "worse", "no significant difference" (a relative to b), or "not enough seeds"
+    mdd: float  # minimum detectable difference at ALPHA and POWER (nan with one seed)
+    outcome: str  # one of OUTCOMES: better, worse (a relative to b), tie, undetermined
     test: str
+
+    @property
+    def verdict(self) -> str:
+        if self.outcome in ("better", "worse"):
+            return self.outcome
+        if self.outcome == "tie":
+            return f"no difference larger than {self.mdd:.3f} detected"
+        if math.isnan(self.mdd):
+            return "inconclusive (one seed)"
+        return f"inconclusive (only differences above {self.mdd:.3f} were detectable)"
 
     def summary(self) -> str:
         """Short form for a table cell."""
@@ -110,15 +147,18 @@ class Comparison:
     def describe(self) -> str:
         """Sentence form: the difference, its CI and the test."""
         if math.isnan(self.p):
-            return f"{self.diff.mean:+.3f} ({self.diff.n} seed: no test)"
+            return f"{self.diff.mean:+.3f} ({self.diff.n} seed: no test): {self.verdict}"
         ci = f"{self.diff.mean:+.3f} ± {self.diff.half_width:.3f} (95 % CI)"
         return f"{ci}, p = {self.p:.3g} ({self.test}): {self.verdict}"
 
     def to_json(self) -> dict:
+        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731  JSON has no NaN or infinity
         return {
             "diff": self.diff.to_json(),
-            "t": self.t if math.isfinite(self.t) else None,  # JSON has no NaN or infinity
-            "p": self.p if math.isfinite(self.p) else None,
+            "t": finite(self.t),
+            "p": finite(self.p),
+            "mdd": finite(self.mdd),
+            "outcome": self.outcome,
             "verdict": self.verdict,
             "test": self.test,
         }
@@ -131,17 +171,26 @@ def compare_paired(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA)
     n = len(a)
     diffs = [x - y for x, y in zip(a, b)]
     diff = mean_ci(diffs)
-    test = f"two-sided paired t-test over {n} seeds, alpha {alpha}"
+    test = f"two-sided paired t-test over {n} seeds, alpha {alpha}, power {POWER} for the MDD"
     if n < 2:
-        return Comparison(diff, float("nan"), float("nan"), "not enough seeds", test)
+        return Comparison(diff, math.nan, math.nan, math.nan, "undetermined", test)
     sd = math.sqrt(sum((d - diff.mean) ** 2 for d in diffs) / (n - 1))
     if sd == 0:
         t = 0.0 if diff.mean == 0 else math.copysign(math.inf, diff.mean)
     else:
         t = diff.mean / (sd / math.sqrt(n))
     p = 1.0 if t == 0 else t_sf_two_sided(t, n - 1)
+    mdd = minimum_detectable(sd, n, alpha)
     if p < alpha:
-        verdict = "better" if diff.mean > 0 else "worse"
+        outcome = "better" if diff.mean > 0 else "worse"
     else:
-        verdict = "no significant difference"
-    return Comparison(diff, t, p, verdict, test)
+        outcome = "tie" if mdd <= RELEVANT else "undetermined"
+    return Comparison(diff, t, p, mdd, outcome, test)
+
+
+def agreement(predicted: str, measured: Comparison) -> str:
+    """``agrees`` / ``disagrees`` with the engine's prediction (better, worse or tie), or ``undetermined``
+    when the measurement could not decide."""
+    if measured.outcome == "undetermined":
+        return "undetermined"
+    return "agrees" if measured.outcome == predicted else "disagrees"

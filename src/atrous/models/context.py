@@ -23,14 +23,25 @@ LARGE_MULTIPLIERS = (2, 2, 4, 8, 16, 32, 32)
 
 
 class ContextModule(nn.Module):
-    def __init__(self, channels: int, variant: str = "basic", noise: float = 1e-2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        variant: str = "basic",
+        noise: float = 1e-2,
+        seed: int = 0,
+        rates: Sequence[int] = RATES,
+    ) -> None:
+        """``rates`` other than the paper's (e.g. all 1: the same module without dilation, at the same cost)
+        are for experiments; seven rates, one per 3x3 layer."""
         super().__init__()
         if variant not in ("basic", "large"):
             raise ModelError(f"unknown context module variant {variant!r}; use basic or large")
+        if len(rates) != len(RATES) or any(int(r) < 1 for r in rates):
+            raise ModelError(f"context module rates {tuple(rates)}: give {len(RATES)} rates >= 1")
         widths = [channels] * 7 if variant == "basic" else [m * channels for m in LARGE_MULTIPLIERS]
         layers: list[nn.Module] = []
         cin = channels
-        for rate, cout in zip(RATES, widths):
+        for rate, cout in zip(map(int, rates), widths):
             layers += [nn.Conv2d(cin, cout, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True)]
             cin = cout
         layers.append(nn.Conv2d(cin, channels, 1))
@@ -72,11 +83,12 @@ class ContextNet(Segmenter):
         front_width: int = 32,
         front_rates: Sequence[int] = (1, 1, 1),
         norm: str | None = "batch",
+        context_rates: Sequence[int] = RATES,
     ) -> None:
         super().__init__()
         self.in_channels, self.num_classes = in_channels, num_classes
         self.front = ConvStack(in_channels, num_classes, front_width, 3, front_rates, norm)
-        self.context = ContextModule(num_classes, variant)
+        self.context = ContextModule(num_classes, variant, rates=context_rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -1,0 +1,89 @@
+"""How long the lab will take on this machine, measured before it starts.
+
+Two short timings on one thread fit the cost of a training step as ``a + b * FLOPs``: ``a`` is what a step
+costs whatever the model (Python, dispatch, the optimizer), ``b`` the machine's speed on convolutions. Each
+job's cost is then its steps and validation passes under that line. Machines of the same kind differ by 2x and
+more, so the estimate comes from the machine itself, not from a table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from functools import lru_cache
+
+import torch
+
+from atrous.data import build_dataset
+from atrous.flops import count_flops
+from atrous.lab.jobs import Job
+from atrous.models.registry import create_model
+from atrous.models.unet import GriddingWarning
+
+PROBES = (("convstack:width=4", 16), ("unet:width=16,depth=1", 48))  # (model, image side): cheap and typical
+PER_JOB_SECONDS = 1.0  # building data and model, checkpoints, the job's process hand-over (measured: ~1 s)
+
+
+@lru_cache(maxsize=512)
+def _shape_and_flops(model: str, data: str) -> tuple[int, int, float]:
+    """(training images, validation images, forward FLOPs per image) of a job; builds both, so a bad spec fails
+    here, before any training."""
+    ds = build_dataset(data)
+    with warnings.catch_warnings():  # see jobs.run_job: the lab's dilated U-Nets are hole-free as a whole
+        warnings.simplefilter("ignore", GriddingWarning)
+        net = create_model(model, num_classes=ds.num_classes)
+    shape = tuple(ds[0][0].shape)
+    return len(ds), max(32, len(ds) // 4), float(count_flops(net, shape))
+
+
+def job_steps_flops(job: Job) -> tuple[int, float]:
+    """(optimizer steps, FLOPs) of a job run to its step limit: forward + backward ~ 3 forwards, plus one
+    validation pass per epoch."""
+    n, n_val, fwd = _shape_and_flops(job.model, job.data)
+    epochs = math.ceil(job.steps / math.ceil(n / job.batch_size))
+    return job.steps, 3 * fwd * job.batch_size * job.steps + fwd * n_val * epochs
+
+
+def job_cost(job: Job) -> float:
+    """A relative cost, for ordering the jobs (longest first)."""
+    steps, flops = job_steps_flops(job)
+    return flops + 2e6 * steps
+
+
+def _step_seconds(model: str, side: int, device: str, steps: int = 4) -> tuple[float, float]:
+    """(seconds per training step at batch 16, FLOPs per step) on one thread."""
+    net = create_model(model, num_classes=3).to(device)
+    x = torch.randn(16, 3, side, side, device=device)
+    y = torch.randint(0, 3, (16, side, side), device=device)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device != "cpu":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / steps, 3 * count_flops(net, (3, side, side)) * 16
+
+
+def expected_seconds(jobs: list[Job], workers: int, device: str = "cpu") -> float:
+    """Wall time of the jobs on ``workers`` single-threaded processes if every one ran to its step limit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (t0, f0), (t1, f1) = (_step_seconds(m, side, device) for m, side in PROBES)
+    finally:
+        torch.set_num_threads(threads)
+    per_flop = max((t1 - t0) / (f1 - f0), 0.0)
+    per_step = max(t0 - per_flop * f0, 0.0)
+    total = 0.0
+    for job in jobs:
+        steps, flops = job_steps_flops(job)
+        total += per_step * steps + per_flop * flops + PER_JOB_SECONDS
+    return total / max(1, workers)

@@ -1,0 +1,74 @@
+"""The lab's designs come from the RF engine: regimes, twins at matched cost, predictions, stopping rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from atrous.lab import calibrate, design, ex2_unets, ex3_aspp
+from atrous.lab.jobs import Job, converged
+from atrous.lab.presets import get_preset
+
+
+def test_regime_a_needs_more_than_the_twin_sees_and_regime_b_less() -> None:
+    a, b = design.regimes(21, 34, n=100, min_size=32)
+    assert (a.small, a.large, a.need, a.size) == (13, 19, 27, 48)  # need halfway: (21 + 34) // 2 = 27
+    assert (b.small, b.large, b.need, b.size) == (5, 9, 11, 32)  # need <= half of 21
+    assert a.data == "scale:size=48,n=100,small=13,large=19"
+    with pytest.raises(ValueError, match="no object size needs an RF between 20 and 21"):
+        design.regimes(20, 21, n=100, min_size=32)
+
+
+def test_the_dilated_unet_is_a_hole_free_twin_at_the_same_cost() -> None:
+    standard, dilated = design.unets(16, 1, 3, 48)
+    assert (standard.rf, dilated.rf, dilated.holes) == (18, 34, 0)
+    assert dilated.spec == "dilated_unet:width=16,depth=1,bottleneck_rates=3,3"
+    assert (dilated.params, dilated.flops) == (standard.params, standard.flops) and design.matched(
+        dilated, standard
+    )
+
+
+def test_every_quick_comparison_is_designed_to_discriminate() -> None:
+    plan = ex3_aspp.plan(get_preset("quick"))
+    (ra, contests_a), (rb, contests_b) = plan
+    for c in contests_a + contests_b:
+        if c.kind == "rf":
+            assert design.matched(c.a, c.b)
+            assert c.b.rf < ra.need <= c.a.rf  # regime (a): the twin is blind, the dilated model sees
+            assert rb.need <= c.b.rf  # regime (b): both see
+    assert [c.predict(ra)[0] for c in contests_a] == ["better", "better", "worse"]
+    assert [c.predict(rb)[0] for c in contests_b] == ["tie", "tie", "worse"]
+    assert [r for r, _ in ex2_unets.plan(get_preset("quick"))] == [ra, rb]
+
+
+def test_predictions_state_their_reason() -> None:
+    m = lambda rf, stride=1: design.Model("m", "x", rf, 0, 1, 1.0, stride)  # noqa: E731
+    assert design.predict_rf(m(30), m(10), 21) == ("better", "RF 30 >= needed 21 > RF 10")
+    assert design.predict_rf(m(10), m(None), 21)[0] == "worse"
+    assert design.predict_rf(m(8), m(10), 21) == (
+        "tie",
+        "both RFs (8, 10) < needed 21: neither separates every pixel",
+    )
+    assert design.predict_stride(m(None, 8), m(18), 12)[0] == "worse"
+    assert design.predict_stride(m(None, 8), m(18), 16)[0] == "tie"
+
+
+@pytest.mark.parametrize(
+    ("history", "stop"),
+    [
+        ([0.5, 0.996], True),  # converged
+        ([0.5, 0.6, 0.6], False),  # too early to judge (fewer than 4 epochs)
+        ([0.5, 0.6, 0.7, 0.8], False),  # still rising
+        ([0.5, 0.8, 0.803, 0.801, 0.804], True),  # three epochs without a gain above 0.005
+        ([0.5, 0.8, 0.803, 0.801, 0.806], False),
+    ],
+)
+def test_the_stopping_rule(history: list[float], stop: bool) -> None:
+    assert converged(history) is stop
+
+
+def test_calibration_costs_follow_flops() -> None:
+    small = Job("unet:width=4,depth=1", "scale:size=32,n=32,small=4,large=8", 0, 10, 8, 1e-3)
+    large = Job("unet:width=16,depth=1", "scale:size=48,n=32,small=4,large=8", 0, 10, 8, 1e-3)
+    assert calibrate.job_cost(large) > 5 * calibrate.job_cost(small)
+    seconds = calibrate.expected_seconds([small, large], workers=2)
+    assert 0 < seconds < 60
