@@ -38,6 +38,10 @@ def test_every_quick_comparison_is_designed_to_discriminate() -> None:
     assert [c.predict(ra)[0] for c in contests_a] == ["better", "better", "worse"]
     assert [c.predict(rb)[0] for c in contests_b] == ["tie", "tie", "worse"]
     assert [r for r, _ in ex2_unets.plan(get_preset("quick"))] == [ra, rb]
+    stride = contests_a[2]  # DeepLab's control sees the need too: the output stride is the only difference
+    assert (
+        stride.b.label.startswith("dilated U-Net") and stride.b.sees(ra.need) and stride.a.output_stride == 8
+    )
 
 
 def test_predictions_state_their_reason() -> None:
@@ -72,3 +76,10 @@ def test_calibration_costs_follow_flops() -> None:
     assert calibrate.job_cost(large) > 5 * calibrate.job_cost(small)
     seconds = calibrate.expected_seconds([small, large], workers=2)
     assert 0 < seconds < 60
+
+
+def test_size_class_needs_of_the_multiscale_task() -> None:
+    from atrous.lab.ex4_multiscale import class_need
+
+    # 4, 12, 36 px: the two smaller classes need both ends in view; the largest, a run longer than 12 px
+    assert [class_need([4, 12, 36], c) for c in range(3)] == [9, 25, 25]

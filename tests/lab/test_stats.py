@@ -64,6 +64,8 @@ def test_wide_intervals_are_inconclusive_not_no_difference() -> None:
         ("tie", [0.9, 0.92, 0.91], [0.5, 0.52, 0.49], "disagrees"),
         ("tie", [0.901, 0.899, 0.9], [0.9, 0.9, 0.901], "agrees"),
         ("better", [0.70, 0.95, 0.75], [0.90, 0.85, 0.85], "undetermined"),
+        ("tie", [0.960, 0.962, 0.961], [0.965, 0.966, 0.967], "agrees"),  # worse by 0.005: within +-0.05
+        ("tie", [0.80, 0.81, 0.79], [0.90, 0.92, 0.91], "disagrees"),
     ],
 )
 def test_agreement_with_the_prediction(predicted: str, a: list, b: list, expected: str) -> None:

@@ -35,7 +35,9 @@ def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:
         d = lambda label, spec, size=regime.size: design.describe(label, spec, size)  # noqa: E731
         ctx = f"context:front_width={p.context_width}"
         aspp = f"aspp_net:width={p.aspp_width},rates="
-        standard, _ = design.unets(p.unet_width, p.unet_depth, p.max_rate, regime.size)
+        # The stride contest's control is the dilated U-Net: full-resolution logits and an RF that covers both
+        # regimes, so that the output stride is the one difference the engine sees.
+        _, dilated = design.unets(p.unet_width, p.unet_depth, p.max_rate, regime.size)
         contests = [
             compare.Contest(
                 d("context module", ctx),
@@ -49,7 +51,7 @@ def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:
                 "rf",
                 "miou",
             ),
-            compare.Contest(d("DeepLabv3 (small)", p.deeplab), standard, "stride", "iou:1"),
+            compare.Contest(d("DeepLabv3 (small)", p.deeplab), dilated, "stride", "iou:1"),
         ]
         out.append((regime, contests))
     return out

@@ -80,7 +80,7 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Sectio
     )
     s.figures.append((fig, "IoU per ASPP variant and object size"))
     out["by_size"] = {
-        name: size_class_part(s, name, c, extents[c], rfs, per_class) for c, name in enumerate(classes)
+        name: size_class_part(s, name, c, extents, rfs, per_class) for c, name in enumerate(classes)
     }
     s.results = out
     return s
@@ -93,11 +93,18 @@ def per_seed_model(spec: str, data: str):
     return create_model(spec, num_classes=build_dataset(data).num_classes)
 
 
-def size_class_part(s: Section, name: str, c: int, extent: int, rfs: dict, per_class: dict) -> dict:
-    """Prediction: a variant whose RF reaches 2 x side + 1 sees every pixel's object with the background beyond
-    both of its ends, so it can tell this size from the others; one whose RF falls short cannot for every pixel.
-    The smallest covering variant is predicted to beat each variant that does not cover."""
-    need = needed_rf(extent)
+def class_need(extents: list[int], c: int) -> int:
+    """RF that tells size class ``c`` from every other for every pixel: 2 x side + 1 (both ends of the object
+    in view) tells it from larger sizes; for the largest class it is enough to see a run longer than the next
+    size, i.e. the next size's need (a corner pixel's window then spans more than that size)."""
+    return needed_rf(extents[c] if c < len(extents) - 1 else extents[c - 1])
+
+
+def size_class_part(s: Section, name: str, c: int, extents: list[int], rfs: dict, per_class: dict) -> dict:
+    """Prediction: a variant whose RF reaches the class's need separates its every pixel from the other sizes;
+    one whose RF falls short cannot for every pixel. The smallest covering variant is predicted to beat each
+    variant that does not cover."""
+    need = class_need(extents, c)
     covers = [v for v, rf in rfs.items() if rf is None or rf >= need]
     short = [v for v in rfs if v not in covers]
     best = max(per_class, key=lambda v: float(np.mean(per_class[v][c])))

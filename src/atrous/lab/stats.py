@@ -117,7 +117,9 @@ OUTCOMES = ("better", "worse", "tie", "undetermined")
 VERDICT_RULES = (
     f"Verdicts: a two-sided paired t-test over seeds at alpha {ALPHA}; not significant, it says which difference "
     f"the design could have detected with power {POWER} (the MDD, from the observed spread over seeds): "
-    f"'no difference larger than MDD detected' when MDD <= {RELEVANT}, otherwise 'inconclusive'."
+    f"'no difference larger than MDD detected' when MDD <= {RELEVANT}, otherwise 'inconclusive'. A predicted tie "
+    f"means no difference of {RELEVANT} or more: it agrees with a significant difference whose 95 % CI lies "
+    f"within +-{RELEVANT}."
 )
 
 
@@ -190,7 +192,11 @@ def compare_paired(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA)
 
 def agreement(predicted: str, measured: Comparison) -> str:
     """``agrees`` / ``disagrees`` with the engine's prediction (better, worse or tie), or ``undetermined``
-    when the measurement could not decide."""
+    when the measurement could not decide. A predicted tie means "no difference of RELEVANT or more": a
+    significant difference whose whole 95 % CI lies within +-RELEVANT agrees with it (an equivalence test)."""
+    within = abs(measured.diff.mean) + measured.diff.half_width < RELEVANT
+    if predicted == "tie" and measured.outcome in ("better", "worse") and within:
+        return "agrees"
     if measured.outcome == "undetermined":
         return "undetermined"
     return "agrees" if measured.outcome == predicted else "disagrees"
