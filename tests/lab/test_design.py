@@ -10,12 +10,12 @@ from atrous.lab.presets import get_preset
 
 
 def test_regime_a_needs_more_than_the_twin_sees_and_regime_b_less() -> None:
-    a, b = design.regimes(21, 34, n=100, min_size=32)
+    a, b = design.regimes(21, 34, 13, n=100, min_size=32)
     assert (a.small, a.large, a.need, a.size) == (13, 19, 27, 48)  # need halfway: (21 + 34) // 2 = 27
-    assert (b.small, b.large, b.need, b.size) == (5, 9, 11, 32)  # need <= half of 21
+    assert (b.small, b.large, b.need, b.size) == (3, 7, 7, 32)  # need <= half of the smallest RF, 13
     assert a.data == "scale:size=48,n=100,small=13,large=19"
     with pytest.raises(ValueError, match="no object size needs an RF between 20 and 21"):
-        design.regimes(20, 21, n=100, min_size=32)
+        design.regimes(20, 21, 13, n=100, min_size=32)
 
 
 def test_the_dilated_unet_is_a_hole_free_twin_at_the_same_cost() -> None:
@@ -39,6 +39,7 @@ def test_every_quick_comparison_is_designed_to_discriminate() -> None:
     assert [c.predict(rb)[0] for c in contests_b] == ["tie", "tie", "worse"]
     assert [r for r, _ in ex2_unets.plan(get_preset("quick"))] == [ra, rb]
     stride = contests_a[2]  # DeepLab's control sees the need too: the output stride is the only difference
+    assert stride.a.label == "DeepLab (deeplabv3_small)"
     assert (
         stride.b.label.startswith("dilated U-Net") and stride.b.sees(ra.need) and stride.a.output_stride == 8
     )

@@ -107,11 +107,12 @@ def unets(width: int, depth: int, max_rate: int, size: int) -> tuple[Model, Mode
     return standard, dilated
 
 
-def regimes(low_rf: int, high_rf: int, n: int, min_size: int) -> list[Regime]:
-    """(a): need halfway between the two RFs; (b): need at most half the smaller RF. Large objects are half
-    as big again (at least 4 px more), and the image holds two of them side by side."""
+def regimes(low_rf: int, high_rf: int, smallest_rf: int, n: int, min_size: int) -> list[Regime]:
+    """(a): need halfway between ``low_rf`` (the largest RF of an undilated model) and ``high_rf`` (the smallest
+    RF of a dilated one); (b): need at most half of ``smallest_rf``, the smallest RF of any model compared.
+    Large objects are half as big again (at least 4 px more), and the image holds two of them side by side."""
     small_a = ((low_rf + high_rf) // 2 - 1) // 2
-    small_b = max(2, (low_rf - 1) // 4)
+    small_b = max(2, (smallest_rf - 1) // 4)
     if not low_rf < needed_rf(small_a) <= high_rf:
         raise ValueError(f"no object size needs an RF between {low_rf} and {high_rf}")
     out = []

@@ -16,13 +16,15 @@ KEY = "ex2"
 
 def regimes(p: Preset) -> list[design.Regime]:
     """Regime (a) must fall between the RFs of both pairs whose RFs are fixed: the U-Nets here and the context
-    module of Exercise 3 (ASPP's rates are chosen afterwards, to cover regime (a))."""
+    module of Exercise 3 (ASPP's rates are chosen afterwards, to cover regime (a)); regime (b) below the RF of
+    every model compared, Exercise 3's undilated ASPP included."""
     standard, dilated = design.unets(p.unet_width, p.unet_depth, p.max_rate, p.size)
     ctx = f"context:front_width={p.context_width}"
     context = design.describe("", ctx, p.size)
     flat = design.describe("", f"{ctx},context_rates={design.UNDILATED_CONTEXT}", p.size)
+    flat_aspp = design.describe("", f"aspp_net:width={p.aspp_width},rates=1,1,1", p.size)
     low, high = max(standard.rf, flat.rf), min(dilated.rf, context.rf)
-    return design.regimes(low, high, p.n, p.min_size)
+    return design.regimes(low, high, min(standard.rf, flat.rf, flat_aspp.rf), p.n, p.min_size)
 
 
 def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:

@@ -51,7 +51,7 @@ def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:
                 "rf",
                 "miou",
             ),
-            compare.Contest(d("DeepLabv3 (small)", p.deeplab), dilated, "stride", "iou:1"),
+            compare.Contest(d(f"DeepLab ({p.deeplab.split(':')[0]})", p.deeplab), dilated, "stride", "iou:1"),
         ]
         out.append((regime, contests))
     return out
