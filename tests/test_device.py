@@ -32,7 +32,7 @@ def test_auto_is_cuda_exactly_when_a_gpu_is_present(monkeypatch: pytest.MonkeyPa
     ("name", "gpus", "message"),
     [
         ("cuda:3", 1, "this machine has 1 GPU(s), cuda:0 to cuda:0; pick one of those"),
-        ("cuda", 0, "no CUDA GPU is available on this machine; use --device cpu"),
+        ("cuda", 0, "no CUDA GPU is available on this machine; use the cpu device"),
         ("cuda:x", 1, "the GPU index must be a number"),
         ("tpu", 1, "use auto, cpu or cuda[:N]"),
     ],
@@ -52,7 +52,7 @@ def test_impossible_devices_are_named_with_the_fix(
 
 def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_gpus(monkeypatch, 1, bf16=False)
-    with pytest.raises(DeviceError, match="Tesla T4 has no bf16 support; use --precision fp32"):
+    with pytest.raises(DeviceError, match="precision bf16: Tesla T4 has no bf16 support; use fp32"):
         check_precision("bf16", torch.device("cuda", 0))
     check_precision("fp32", torch.device("cuda", 0))
     check_precision("bf16", torch.device("cpu"))  # slow on most CPUs, but it runs
@@ -61,7 +61,7 @@ def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch: pytest.MonkeyPatch) ->
 def test_compile_without_its_compiler_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dev.shutil, "which", lambda name: None)
     with pytest.raises(
-        DeviceError, match=r"needs a C\+\+ compiler \(apt-get install g\+\+\); or run without --compile"
+        DeviceError, match=r"needs a C\+\+ compiler \(apt-get install g\+\+\); or train without compiling"
     ):
         check_compile(torch.device("cpu"))
 
@@ -69,8 +69,8 @@ def test_compile_without_its_compiler_is_refused(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--device", "cuda:3"], "--device cuda:3"),
-        (["--compile", "--device", "cpu"], "--compile: torch.compile on a CPU needs a C++ compiler"),
+        (["--device", "cuda:3"], "device cuda:3: "),
+        (["--compile", "--device", "cpu"], "compile: torch.compile on a CPU needs a C++ compiler"),
     ],
 )
 def test_train_refuses_before_writing_anything(

@@ -1,4 +1,5 @@
-"""Which device a command runs on, and whether the options asked for can run there.
+"""Which device a command runs on, and whether the options asked for can run there. Messages name the
+parameter (device, precision, compile), which is also the CLI's flag.
 
 Every command takes ``--device auto|cpu|cuda[:N]`` and resolves it here, before it writes anything, so that a
 request the machine cannot honour (a GPU index it does not have, bf16 on a GPU without it, ``torch.compile``
@@ -27,17 +28,17 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> to
     if name == "cpu":
         return torch.device("cpu")
     if not name.startswith("cuda"):
-        raise DeviceError(f"--device {name!r}: use auto, cpu or cuda[:N]")
+        raise DeviceError(f"device {name!r}: use auto, cpu or cuda[:N]")
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+        raise DeviceError(f"device {name}: no CUDA GPU is available on this machine; use the cpu device")
     index_text = name.partition(":")[2]
     if index_text and not index_text.isdigit():
-        raise DeviceError(f"--device {name!r}: the GPU index must be a number, e.g. cuda:0")
+        raise DeviceError(f"device {name!r}: the GPU index must be a number, e.g. cuda:0")
     index = int(index_text) if index_text else local_rank
     count = torch.cuda.device_count()
     if index >= count:
         raise DeviceError(
-            f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; pick one of those"
+            f"device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; pick one of those"
         )
     return torch.device("cuda", index)
 
@@ -46,7 +47,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     """bf16 autocast needs a GPU with bf16 (Ampere or newer); on a CPU it runs, slowly, on most machines."""
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
-        raise DeviceError(f"--precision bf16: {name} has no bf16 support; use --precision fp32")
+        raise DeviceError(f"precision bf16: {name} has no bf16 support; use fp32")
 
 
 def compile_unavailable(device: torch.device) -> str | None:
@@ -67,7 +68,7 @@ def compile_unavailable(device: torch.device) -> str | None:
 def check_compile(device: torch.device) -> None:
     reason = compile_unavailable(device)
     if reason is not None:
-        raise DeviceError(f"--compile: {reason}; or run without --compile")
+        raise DeviceError(f"compile: {reason}; or train without compiling")
 
 
 def synchronize(device: torch.device) -> None:

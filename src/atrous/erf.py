@@ -191,7 +191,7 @@ def effective_rf(
     x = x.to(param.device if param is not None else "cpu")
     out_hw = tuple(report.outputs[0].shape[2:])
     if len(out_hw) != 2:
-        raise InputShapeError("ERFs are drawn for 2-D models: give --input C,H,W")
+        raise InputShapeError("ERFs are drawn for 2-D models: give an input shape C,H,W")
     pos = tuple(n // 2 for n in out_hw) if position == "centre" else tuple(int(p) for p in position)
     if len(pos) != 2 or not all(0 <= p < n for p, n in zip(pos, out_hw)):
         raise InputShapeError(f"position {pos} is outside the output of size {out_hw}")

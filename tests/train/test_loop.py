@@ -193,7 +193,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         (["--model", "convstack:num_classes=5", "--data", "shapes"], "predicts 5 classes but the data has 2"),
         (["--model", "convstack", "--data", "shapes", "--lr", "0"], "--lr must be in (0, 10]"),
         (["--model", "convstack", "--data", "shapes", "--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--model", "convstack", "--data", "shapes", "--device", "cuda:99"], "--device cuda:99: "),
+        (["--model", "convstack", "--data", "shapes", "--device", "cuda:99"], "device cuda:99: "),
         (
             ["--model", "convstack", "--data", "shapes", "--optimizer", "adam"],
             "--optimizer 'adam' is not one of",
