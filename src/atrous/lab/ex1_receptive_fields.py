@@ -24,6 +24,7 @@ from atrous.lab.presets import Preset
 from atrous.lab.report import Section, Table
 from atrous.models.blocks import PRESETS, convstack
 from atrous.rf import analyze
+from atrous.rf.pictures import window_panel
 
 CHANNELS = 64
 STACKS = ("standard", "dilated", "dilated4", "large", "hdc", "gridded")
@@ -66,16 +67,9 @@ def measure(name: str, flops_size: int) -> tuple[dict, np.ndarray]:
 
 
 def draw_supports(rows: list[dict], masks: list[np.ndarray], path: Path) -> None:
-    size = max(m.shape[0] for m in masks)
     fig, axes = plt.subplots(1, len(rows), figsize=(2.2 * len(rows), 2.6))
     for ax, row, mask in zip(axes, rows, masks):
-        pad = (size - mask.shape[0]) // 2
-        canvas = np.zeros((size, size))
-        canvas[pad : pad + mask.shape[0], pad : pad + mask.shape[1]] = np.where(mask, 1.0, 0.35)
-        ax.imshow(canvas, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{row['name']}\nRF {row['rf']}, {row['hole_count']} holes/axis", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        window_panel(ax, mask, f"{row['name']}\nRF {row['rf']}, {row['hole_count']} holes/axis")
     fig.suptitle(
         "Exact support of one output pixel (black: reaches it; grey: holes inside the RF box)", fontsize=9
     )
