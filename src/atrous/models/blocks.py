@@ -9,6 +9,7 @@ from torch import nn
 
 from atrous.errors import ModelError
 from atrous.models.base import Segmenter
+from atrous.models.registry import register
 
 PRESETS: dict[str, tuple[int, tuple[int, ...]]] = {
     "standard": (3, (1, 1, 1)),
@@ -78,6 +79,7 @@ class ConvStack(Segmenter):
         return self.head(x) if self.head is not None else x
 
 
+@register("convstack", "conv stack; preset=standard|dilated|dilated4|large|hdc|gridded or rates=...")
 def convstack(
     preset: str = "standard",
     in_channels: int = 3,

@@ -17,6 +17,8 @@ from torch import nn
 from atrous.errors import ModelError
 from atrous.models.base import Segmenter
 from atrous.models.blocks import ConvStack
+from atrous.models.deeplab import BackboneSegmenter, build_backbone
+from atrous.models.registry import register
 
 RATES = (1, 1, 2, 4, 8, 16, 1)
 LARGE_MULTIPLIERS = (2, 2, 4, 8, 16, 32, 32)
@@ -72,6 +74,8 @@ class ContextModule(nn.Module):
         return self.layers(x)
 
 
+@register("context", "conv front end + Yu-Koltun basic context module (identity init)")
+@register("context_large", "conv front end + Yu-Koltun large context module", variant="large")
 class ContextNet(Segmenter):
     """Stand-alone: a small conv front end producing class scores, refined by the context module."""
 
@@ -102,6 +106,7 @@ class ContextHead(nn.Sequential):
         super().__init__(nn.Conv2d(in_channels, num_classes, 1), ContextModule(num_classes, variant))
 
 
+@register("context_resnet18", "dilated ResNet-18 (stride 8) + context module head")
 def context_on_backbone(
     backbone: str = "resnet18",
     num_classes: int = 2,
@@ -110,8 +115,6 @@ def context_on_backbone(
     variant: str = "basic",
 ) -> Segmenter:
     """The context module as a head on a dilated ResNet (as Yu & Koltun put it on a dilated VGG)."""
-    from atrous.models.deeplab import BackboneSegmenter, build_backbone
-
     body = build_backbone(backbone, output_stride, in_channels, None)
     return BackboneSegmenter(
         body, ContextHead(body.channels[3], num_classes, variant), None, num_classes, in_channels

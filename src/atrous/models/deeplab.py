@@ -22,6 +22,7 @@ from torch import nn
 
 from atrous.errors import ModelError
 from atrous.models.base import Segmenter, resize_to
+from atrous.models.registry import register
 from atrous.models.resnet import ResNet, resnet, resnet_small
 
 
@@ -192,6 +193,16 @@ class BackboneSegmenter(Segmenter):
         return self._heads(x)
 
 
+@register("deeplabv3", "DeepLabv3, backbone=resnet18|34|50|101|resnet_small, output_stride 8/16/32")
+@register("deeplabv3_resnet50", "torchvision-compatible DeepLabv3-ResNet50 (stride 8)", backbone="resnet50")
+@register("deeplabv3_resnet101", "torchvision-compatible DeepLabv3-ResNet101", backbone="resnet101")
+@register(
+    "deeplabv3_small",
+    "DeepLabv3 on a narrow ResNet for small images",
+    backbone="resnet_small",
+    num_classes=2,
+    aspp_channels=64,
+)
 def deeplabv3(
     backbone: str = "resnet50",
     num_classes: int = 21,
@@ -238,6 +249,14 @@ class DeepLabV3Plus(BackboneSegmenter):
         return self.decoder(torch.cat([high, low], dim=1))
 
 
+@register("deeplabv3plus", "DeepLabv3+ (stride 16, decoder on stride-4 features)")
+@register(
+    "deeplabv3plus_small",
+    "DeepLabv3+ on a narrow ResNet for small images",
+    backbone="resnet_small",
+    num_classes=2,
+    aspp_channels=64,
+)
 def deeplabv3plus(
     backbone: str = "resnet50",
     num_classes: int = 21,
@@ -285,6 +304,7 @@ def load_torchvision_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+@register("aspp_net", "shallow stride-2 stem + ASPP head (rates=..., image_pooling=...)")
 class ASPPNet(Segmenter):
     """A shallow stem (two 3x3 convs, stride 2) and an ASPP head: the receptive field comes from the ASPP
     rates, not from a deep backbone, so the lab can see which rates serve which object sizes."""

@@ -1,7 +1,11 @@
 """One factory for every model: ``create_model("name:key=value,...", **kwargs)``.
 
-Models register themselves with :func:`register` (see ``zoo.py``). The CLI also accepts an import path
-``package.module:factory:key=value,...`` so users can point every tool at their own models, or at a library's
+Each model factory registers itself where it is defined, with the :func:`register` decorator (as timm's
+``register_model`` and torchvision's ``register_model``). This module imports no model module: importing the
+``atrous.models`` package does, so every ``@register`` has run before anyone can reach the registry.
+
+The CLI also accepts an import path ``package.module:factory:key=value,...`` so users can point every tool at
+their own models, or at a library's
 (``torchvision.models.segmentation:fcn_resnet50:weights=None,weights_backbone=None``).
 """
 
@@ -15,7 +19,7 @@ import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -35,26 +39,29 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
+Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
+
+
 def register(
-    name: str, factory: Callable[..., nn.Module], summary: str, task: str = "segmentation", **defaults: Any
-) -> None:
-    """Register ``factory`` under ``name``; ``defaults`` are keyword arguments this name presets."""
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} registered twice")
-    _REGISTRY[name] = ModelInfo(name, factory, summary, task, defaults)
+    name: str, summary: str, task: str = "segmentation", **defaults: Any
+) -> Callable[[Factory], Factory]:
+    """Decorator: register the decorated factory (function or class) under ``name``, unchanged; ``defaults``
+    are keyword arguments this name presets. Stack it to register one factory under several names."""
 
+    def add(factory: Factory) -> Factory:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelInfo(name, factory, summary, task, defaults)
+        return factory
 
-def _load_zoo() -> None:
-    importlib.import_module("atrous.models.zoo")
+    return add
 
 
 def list_models() -> list[str]:
-    _load_zoo()
     return sorted(_REGISTRY)
 
 
 def model_info(name: str) -> ModelInfo:
-    _load_zoo()
     if name not in _REGISTRY:
         raise ModelError(
             f"unknown model {name!r}{did_you_mean(name, _REGISTRY)} (list them with `atrous models`)"
@@ -190,7 +197,6 @@ def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
     class, or a module instance); ``kwargs`` override the spec's arguments. A factory that raises becomes one
     ``ModelError`` line naming it, the exception, and the arguments that stop a download when it tried one."""
     name = split_spec(spec)[0]
-    _load_zoo()
     if name in _REGISTRY:
         return create_model(spec, **kwargs)
     path = split_import_path(spec)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from atrous.errors import ModelError
+from atrous.models.registry import register
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -232,6 +233,7 @@ def resnet_small(**kwargs: object) -> ResNet:
     return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
 
 
+@register("resnet_small", "narrow ResNet backbone for small images", task="backbone", depth=0)
 def resnet_backbone(
     depth: int = 50,
     output_stride: int = 32,
@@ -248,3 +250,12 @@ def resnet_backbone(
         "num_classes": num_classes,
     }
     return resnet_small(**kwargs) if depth == 0 else resnet(depth, **kwargs)
+
+
+for _depth in DEPTHS:
+    register(
+        f"resnet{_depth}",
+        f"ResNet-{_depth} backbone (torchvision names), output_stride 8/16/32",
+        task="backbone",
+        depth=_depth,
+    )(resnet_backbone)

@@ -18,15 +18,18 @@ from torch import nn
 
 from atrous.models.base import Segmenter, resize_to
 from atrous.models.deeplab import ASPP
+from atrous.models.registry import register
 from atrous.models.unet import UNet
 
 
+@register("seed_unet", "the seed's 64-wide U-Net, fixed (logits, any size)")
 def seed_unet(in_channels: int = 3, num_classes: int = 1) -> UNet:
     return UNet(
         in_channels, num_classes, width=64, depth=2, norm="batch", up="transposed", up_kernel=4, bias=True
     )
 
 
+@register("seed_dilated_unet", "the seed's dilated U-Net (bottleneck 1,2,4), fixed")
 def seed_dilated_unet(in_channels: int = 3, num_classes: int = 1) -> UNet:
     return UNet(
         in_channels,
@@ -66,5 +69,6 @@ class SeedDeepLab(Segmenter):
         return resize_to(self.decoder(y), x.shape[2:])
 
 
+@register("seed_deeplab", "the seed's small DeepLab (ASPP 6,12,18), fixed (output at input size)")
 def seed_deeplab(in_channels: int = 3, num_classes: int = 1) -> SeedDeepLab:
     return SeedDeepLab(in_channels, num_classes)

@@ -12,6 +12,7 @@ from torch import nn
 from atrous.errors import ModelError
 from atrous.models.base import Segmenter, match_size
 from atrous.models.blocks import norm_layer
+from atrous.models.registry import register
 from atrous.rf import schedule
 
 
@@ -65,6 +66,7 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
+@register("unet", "U-Net (depth 4, width 32, transposed up-sampling); any size >= 2^(depth+1)")
 class UNet(Segmenter):
     """U-Net with ``depth`` poolings and ``width`` channels at full resolution (doubling per level).
 
@@ -133,6 +135,7 @@ class UNet(Segmenter):
         return self.head(x)
 
 
+@register("dilated_unet", "U-Net with a dilated bottleneck (rates 1,2,4, hole-free)")
 def dilated_unet(bottleneck_rates: Sequence[int] = (1, 2, 4), **kwargs: object) -> UNet:
     """U-Net whose bottleneck is a dilated stack (default 1, 2, 4: hole-free, RF 15 at the bottleneck)."""
     return UNet(bottleneck_rates=bottleneck_rates, **kwargs)
