@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -65,3 +66,19 @@ def test_schedule_picture_marks_the_holes(tmp_path: Path, keep_figures: list[plt
     assert (line2 == REACHED).all() and line2.shape == (1, 17)
     titles = " ".join(ax.get_title().replace("\n", " ") for ax in keep_figures[0].axes)
     assert "r_1 = 2 != 1" in titles and "6 holes per axis" in titles
+
+
+def test_cli_writes_the_figure_the_page_and_the_schedule_picture(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from atrous.cli import main
+
+    png, page = tmp_path / "rf.png", tmp_path / "rf.html"
+    argv = ["rf", "convstack:rates=2,2,2", "--input", "3,32,32", "--at", "0,0", "--json"]
+    assert main([*argv, "--plot", str(png), "--html", str(page)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["support_at"]["pixels"] == 16  # --json stays machine-readable
+    assert f"wrote {png}" in captured.err and png.stat().st_size > 10_000
+    assert '<canvas id="output">' in page.read_text()
+    assert main(["schedule", "2,2,2", "--plot", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 5_000

@@ -67,6 +67,7 @@ def cmd_rf(args: argparse.Namespace) -> int:
             "pixels": int(grid.sum()),
             "box": [[int(i[0]), int(i[-1])] if len(i) else None for i in idx],
         }
+    pictures(report, args, at)
     if args.json:
         data = report.to_json()
         if support is not None:
@@ -83,6 +84,21 @@ def cmd_rf(args: argparse.Namespace) -> int:
             f"bounding box {support['box']}"
         )
     return 0
+
+
+def pictures(report, args: argparse.Namespace, at: tuple[int, ...] | None) -> None:
+    """``--plot`` and ``--html``: the figure and the page of the chosen output (messages to stderr, so that
+    ``--json`` keeps stdout machine-readable)."""
+    if args.plot:
+        from atrous.rf.pictures import rf_figure
+
+        path = rf_figure(report, args.plot, at, args.output)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.html:
+        from atrous.rf.page import write_page
+
+        path = write_page(report, args.html, args.output, title=f"{args.model} at input {args.input}")
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
 
 
 def custom_model_row(spec: str, shape: tuple[int, ...]) -> dict:
@@ -158,6 +174,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         if not args.rates:
             raise AtrousError("give rates to check (atrous schedule 1,2,5) or --suggest TARGET_RF")
         results = [schedule.check(list(parse_ints(args.rates, "rates")), args.kernel)]
+    if args.plot:
+        from atrous.rf.pictures import schedule_figure
+
+        print(f"wrote {schedule_figure(results, args.plot)}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
         return 0
@@ -446,7 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="also give the exact in-image support of this output pixel, e.g. 16,16")
     p.add_argument(
         "--output",
-        help="which model output --at refers to, by name (out, aux, 0, 1, ...; default: the first)",
+        help="which model output --at, --plot, --html refer to, by name (out, aux, 0, 1, ...; default: the first)",
+    )
+    p.add_argument(
+        "--plot", metavar="PNG", help="draw the support of --at (default: centre), RF per layer, phases"
+    )
+    p.add_argument(
+        "--html", metavar="HTML", help="write an interactive page: hover an output pixel, see its support"
     )
     add_model_kwargs(p)
     p.set_defaults(func=cmd_rf)
@@ -465,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--suggest", type=int, metavar="TARGET_RF", help="shortest hole-free schedules reaching this RF"
     )
     p.add_argument("--limit", type=int, default=5)
+    p.add_argument(
+        "--plot",
+        nargs="?",
+        const="schedule.png",
+        metavar="PNG",
+        help="draw the supports (default schedule.png)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schedule)
 
