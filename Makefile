@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 LAB_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean venv figures gpu-check gpu-wheels
+.PHONY: lab test lint bench clean venv figures pictures gpu-check gpu-wheels
 
 venv: $(STAMP)
 
@@ -38,6 +38,17 @@ figures: $(STAMP)
 	mkdir -p docs/figures
 	cp runs/lab-figures/ex1_supports.png runs/lab-figures/ex1_erf_trained.png runs/lab-figures/ex2_regime_a_curves.png \
 	   runs/lab-figures/ex4_iou_by_size.png runs/lab-figures/ex5_rf_vs_accuracy.png docs/figures/
+
+# The README's receptive-field pictures: rf --plot, schedule --plot, and the rf --html page as a headless
+# Chromium shows it while the mouse is on output pixel (2, 5) (apt-get install chromium).
+CHROMIUM ?= chromium
+pictures: $(STAMP)
+	mkdir -p docs/figures runs
+	$(BIN)/atrous rf unet:width=16,depth=2 --input 3,48,48 --at 3,40 --plot docs/figures/rf_unet.png > /dev/null
+	$(BIN)/atrous schedule 2,2,2 --plot docs/figures/schedule_222.png > /dev/null
+	$(BIN)/atrous rf resnet50 --input 3,224,224 --html runs/rf_resnet50.html > /dev/null
+	$(CHROMIUM) --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1300,560 \
+	  --screenshot=docs/figures/rf_page.png "file://$(CURDIR)/runs/rf_resnet50.html#hover=2,5"
 
 # On a machine with a GPU: the test suite on the GPU, then `atrous bench gpu` (<= 6 min on one H100). It uses
 # .venv or, where there is none, the python3 whose PyTorch sees the GPU; it never needs a package registry.

@@ -144,7 +144,9 @@ def _phases_axes(fig: plt.Figure, ax: plt.Axes, report, name: str, positions: li
     grid = ax.get_subplotspec().subgridspec(1, len(windows), wspace=0.15)
     for i, ((origin, mask), pos) in enumerate(zip(windows, positions)):
         sub = fig.add_subplot(grid[0, i])
-        window_panel(sub, mask, f"pixel {pos}\norigin {origin}")
+        # Relative to the pixel's own position, so that what differs between phases is visible.
+        offset = tuple(int(o - p) for o, p in zip(origin, pos))
+        window_panel(sub, mask, f"pixel {pos}\nwindow from {offset}")
 
 
 def schedule_figure(results: Sequence, path: str | Path) -> Path:
