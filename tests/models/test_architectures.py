@@ -173,3 +173,55 @@ def test_unet_rf_without_pooling_branches_against_oracle() -> None:
 def test_bad_input(call, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("spec", ["unet", "dilated_unet", "convstack"])
+def test_every_spelling_of_no_norm_gives_the_same_model_with_biases(spec: str) -> None:
+    # norm=False once built a U-Net whose convs had neither a norm nor a bias (7,757,186 parameters, not 7,760,130)
+    counts = {norm: count_params(atrous.create_model(spec, norm=norm)) for norm in (None, "none", False)}
+    assert len(set(counts.values())) == 1, counts
+    plain = atrous.create_model(spec, norm=False)
+    convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.bias is not None for m in convs)
+    normed = [m for m in atrous.create_model(spec).modules() if isinstance(m, torch.nn.Conv2d)]
+    # with BatchNorm only the 1x1 classifier, which no norm follows, keeps its bias
+    assert [m.kernel_size for m in normed if m.bias is not None] == [(1, 1)]
+
+
+def test_resnet_takes_torchvisions_norm_layer_and_names_its_stages() -> None:
+    from atrous.models.resnet import resnet
+
+    def group(channels: int) -> torch.nn.Module:
+        return torch.nn.GroupNorm(8, channels)
+
+    model = resnet(18, num_classes=None, norm_layer=group)
+    norms = {type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}
+    assert norms == {"GroupNorm"}
+    assert model.state_dict().keys() == resnet(18, num_classes=None).state_dict().keys() - {
+        k
+        for k in resnet(18, num_classes=None).state_dict()
+        if k.endswith(("running_mean", "running_var", "tracked"))
+    }
+    feats = model.features(torch.randn(1, 3, 64, 64))
+    assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
+        "layer1": (64, 16, 16),
+        "layer2": (128, 8, 8),
+        "layer3": (256, 4, 4),
+        "layer4": (512, 2, 2),
+    }
+    assert model.channels == {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+
+
+def test_models_register_where_they_are_defined() -> None:
+    from atrous.models import deeplab, resnet
+    from atrous.models.registry import model_info, register
+
+    assert model_info("deeplabv3_small").factory is deeplab.deeplabv3
+    assert model_info("deeplabv3_small").defaults == {
+        "backbone": "resnet_small",
+        "num_classes": 2,
+        "aspp_channels": 64,
+    }
+    assert model_info("resnet101").factory is resnet.resnet_backbone
+    with pytest.raises(ValueError, match="'unet' registered twice"):
+        register("unet", "again")(deeplab.deeplabv3)

@@ -62,7 +62,7 @@ def test_forward_at_odd_and_minimum_sizes(model: torch.nn.Module) -> None:
         if model_info(model.zoo_name).task == "segmentation":
             assert out.shape == (1, model.num_classes, h, w)
         else:
-            assert out.shape[:2] == (1, model.channels[-1])
+            assert out.shape[:2] == (1, model.channels["layer4"])
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -1,8 +1,9 @@
-"""Conv stacks: the plain, dilated, large-kernel and HDC stacks of Exercises 1 and 5."""
+"""The conv-norm-activation builder every model uses, and the conv stacks (plain, dilated, large-kernel, HDC) of
+Exercises 1 and 5."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,8 +22,15 @@ PRESETS: dict[str, tuple[int, tuple[int, ...]]] = {
 }
 
 
-def norm_layer(kind: str | None, channels: int) -> nn.Module:
-    """``batch``, ``group`` (8 groups or fewer), or none."""
+# A norm by name (batch, group; None, "none" or False for none; True for batch) or, as torchvision's
+# ``norm_layer``, a callable taking the channel count (``nn.BatchNorm2d``).
+Norm = str | bool | None | Callable[[int], nn.Module]
+
+
+def norm_layer(kind: Norm, channels: int) -> nn.Module:
+    """``batch``, ``group`` (8 groups or fewer), none (``nn.Identity``), or ``kind(channels)``."""
+    if callable(kind):
+        return kind(channels)
     if kind in (None, "none", False):
         return nn.Identity()
     if kind in ("batch", True):
@@ -31,6 +39,31 @@ def norm_layer(kind: str | None, channels: int) -> nn.Module:
         groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
         return nn.GroupNorm(groups, channels)
     raise ModelError(f"unknown norm {kind!r}; use batch, group or none")
+
+
+def conv_norm_act(
+    cin: int,
+    cout: int,
+    kernel: int = 3,
+    stride: int = 1,
+    dilation: int = 1,
+    norm: Norm = "batch",
+    bias: bool | None = None,
+    inplace: bool = True,
+) -> list[nn.Module]:
+    """Conv ('same' padding for odd kernels), norm (``nn.Identity`` when none), ReLU: torchvision's
+    ``Conv2dNormActivation``. A list, not a module, so callers splice it into their own ``nn.Sequential`` and keep
+    the flat parameter names torchvision's state_dicts use (``classifier.1.weight``).
+
+    ``bias=None`` applies the one bias rule: a conv bias only where no norm follows. BatchNorm subtracts each
+    channel's mean, which cancels a constant bias (wasted parameters; GroupNorm is treated alike); without a norm
+    the bias is the layer's only offset. Decided from the built norm so that every spelling of "no norm" (None,
+    "none", False) agrees."""
+    norm_module = norm_layer(norm, cout)
+    use_bias = isinstance(norm_module, nn.Identity) if bias is None else bias
+    padding = dilation * (kernel - 1) // 2
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, bias=use_bias)
+    return [conv, norm_module, nn.ReLU(inplace=inplace)]
 
 
 class ConvStack(Segmenter):
@@ -60,15 +93,10 @@ class ConvStack(Segmenter):
                 f"convstack kernels must be odd and >= 1 (symmetric 'same' padding), got {kernels}"
             )
         self.kernels, self.rates = tuple(kernels), tuple(int(r) for r in rates)
-        use_bias = (norm in (None, "none", False)) if bias is None else bias  # a bias before a norm is wasted
         layers: list[nn.Module] = []
         c = in_channels
         for k, r in zip(self.kernels, self.rates):
-            layers += [
-                nn.Conv2d(c, width, k, padding=r * (k - 1) // 2, dilation=r, bias=use_bias),
-                norm_layer(norm, width),
-                nn.ReLU(inplace=True),
-            ]
+            layers += conv_norm_act(c, width, k, dilation=r, norm=norm, bias=bias)
             c = width
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(width, num_classes, 1) if num_classes else None

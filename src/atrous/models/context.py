@@ -117,5 +117,5 @@ def context_on_backbone(
     """The context module as a head on a dilated ResNet (as Yu & Koltun put it on a dilated VGG)."""
     body = build_backbone(backbone, output_stride, in_channels, None)
     return BackboneSegmenter(
-        body, ContextHead(body.channels[3], num_classes, variant), None, num_classes, in_channels
+        body, ContextHead(body.channels["layer4"], num_classes, variant), None, num_classes, in_channels
     )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,16 +23,19 @@ from torch import nn
 
 from atrous.errors import ModelError
 from atrous.models.base import Segmenter, resize_to
+from atrous.models.blocks import conv_norm_act
 from atrous.models.registry import register
-from atrous.models.resnet import ResNet, resnet, resnet_small
+from atrous.models.resnet import ResNet, check_output_stride, resnet, resnet_small
 
 
 def aspp_rates(output_stride: int) -> tuple[int, ...]:
     """DeepLabv3's rates (6, 12, 18) at output stride 16, scaled with the stride (a known bug elsewhere is
     using 12, 24, 36 at stride 16)."""
-    if output_stride not in (8, 16, 32):
-        raise ModelError(f"output_stride={output_stride} is not supported; use 8, 16 or 32")
-    return tuple(r * 16 // output_stride for r in (6, 12, 18))
+    return tuple(r * 16 // check_output_stride(output_stride) for r in (6, 12, 18))
+
+
+# torchvision's DeepLab heads use ``nn.ReLU()``, not in place: kept, so our modules print as theirs do.
+_conv_bn_relu = partial(conv_norm_act, inplace=False)
 
 
 class PoolingBatchNorm(nn.BatchNorm2d):
@@ -48,16 +52,12 @@ class PoolingBatchNorm(nn.BatchNorm2d):
 
 class ASPPConv(nn.Sequential):
     def __init__(self, cin: int, cout: int, rate: int) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=rate, dilation=rate, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
-        )
+        super().__init__(*_conv_bn_relu(cin, cout, 3, dilation=rate))
 
 
 class ASPPPooling(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), PoolingBatchNorm(cout), nn.ReLU()
-        )
+        super().__init__(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(cin, cout, 1, norm=PoolingBatchNorm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -81,13 +81,7 @@ class ASPP(nn.Module):
         super().__init__()
         branches: list[nn.Module] = []
         if conv1x1:
-            branches.append(
-                nn.Sequential(
-                    nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                    nn.BatchNorm2d(out_channels),
-                    nn.ReLU(),
-                )
-            )
+            branches.append(nn.Sequential(*_conv_bn_relu(in_channels, out_channels, 1)))
         branches += [ASPPConv(in_channels, out_channels, int(r)) for r in rates]
         if image_pooling:
             branches.append(ASPPPooling(in_channels, out_channels))
@@ -95,10 +89,7 @@ class ASPP(nn.Module):
             raise ModelError("an ASPP needs at least one branch (rates, the 1x1 conv or image pooling)")
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(
-            nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-            nn.Dropout(dropout),
+            *_conv_bn_relu(len(branches) * out_channels, out_channels, 1), nn.Dropout(dropout)
         )
         self.rates, self.image_pooling = tuple(int(r) for r in rates), image_pooling
 
@@ -118,9 +109,7 @@ class DeepLabHead(nn.Sequential):
     ) -> None:
         super().__init__(
             ASPP(in_channels, rates, channels, image_pooling, conv1x1),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
+            *_conv_bn_relu(channels, channels, 3),
             nn.Conv2d(channels, num_classes, 1),
         )
 
@@ -131,9 +120,7 @@ class FCNHead(nn.Sequential):
     def __init__(self, in_channels: int, num_classes: int) -> None:
         inter = in_channels // 4
         super().__init__(
-            nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
-            nn.BatchNorm2d(inter),
-            nn.ReLU(),
+            *_conv_bn_relu(in_channels, inter, 3),
             nn.Dropout(0.1),
             nn.Conv2d(inter, num_classes, 1),
         )
@@ -178,12 +165,14 @@ class BackboneSegmenter(Segmenter):
         feats = self.backbone.features(x)
         out = resize_to(self.classify(feats), x.shape[2:])
         aux = (
-            resize_to(self.aux_classifier(feats[2]), x.shape[2:]) if self.aux_classifier is not None else None
+            resize_to(self.aux_classifier(feats["layer3"]), x.shape[2:])
+            if self.aux_classifier is not None
+            else None
         )
         return out, aux
 
-    def classify(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(feats[-1])
+    def classify(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(feats["layer4"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._heads(x)[0]
@@ -218,8 +207,8 @@ def deeplabv3(
     """DeepLabv3 (defaults as torchvision's deeplabv3_resnet50: output stride 8, ASPP rates 12, 24, 36)."""
     body = build_backbone(backbone, output_stride, in_channels, multi_grid)
     rates = tuple(rates) if rates is not None else aspp_rates(output_stride)
-    head = DeepLabHead(body.channels[3], num_classes, rates, aspp_channels, image_pooling, conv1x1)
-    aux = FCNHead(body.channels[2], num_classes) if aux_loss else None
+    head = DeepLabHead(body.channels["layer4"], num_classes, rates, aspp_channels, image_pooling, conv1x1)
+    aux = FCNHead(body.channels["layer3"], num_classes) if aux_loss else None
     return BackboneSegmenter(body, head, aux, num_classes, in_channels)
 
 
@@ -230,22 +219,18 @@ class DeepLabV3Plus(BackboneSegmenter):
     def __init__(
         self, backbone: ResNet, aspp: ASPP, num_classes: int, in_channels: int, channels: int
     ) -> None:
-        low = backbone.channels[0]
+        low = backbone.channels["layer1"]
         super().__init__(backbone, aspp, None, num_classes, in_channels)
-        self.reduce = nn.Sequential(nn.Conv2d(low, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+        self.reduce = nn.Sequential(*_conv_bn_relu(low, 48, 1))
         self.decoder = nn.Sequential(
-            nn.Conv2d(channels + 48, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
+            *_conv_bn_relu(channels + 48, channels, 3),
+            *_conv_bn_relu(channels, channels, 3),
             nn.Conv2d(channels, num_classes, 1),
         )
 
-    def classify(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        low = self.reduce(feats[0])
-        high = resize_to(self.classifier(feats[-1]), low.shape[2:])
+    def classify(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        low = self.reduce(feats["layer1"])
+        high = resize_to(self.classifier(feats["layer4"]), low.shape[2:])
         return self.decoder(torch.cat([high, low], dim=1))
 
 
@@ -270,7 +255,7 @@ def deeplabv3plus(
     """DeepLabv3+ (output stride 16, ASPP rates 6, 12, 18 by default)."""
     body = build_backbone(backbone, output_stride, in_channels, multi_grid)
     rates = tuple(rates) if rates is not None else aspp_rates(output_stride)
-    aspp = ASPP(body.channels[3], rates, aspp_channels, image_pooling)
+    aspp = ASPP(body.channels["layer4"], rates, aspp_channels, image_pooling)
     return DeepLabV3Plus(body, aspp, num_classes, in_channels, aspp_channels)
 
 
@@ -324,12 +309,7 @@ class ASPPNet(Segmenter):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.min_size = 4
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
+            *conv_norm_act(in_channels, width, 3, stride=2), *conv_norm_act(width, width, 3)
         )
         self.aspp = ASPP(width, rates, width, image_pooling, conv1x1, dropout=0.0)
         self.classifier = nn.Conv2d(width, num_classes, 1)

@@ -1,5 +1,8 @@
 """ResNet backbones with torchvision's module and parameter names, dilation for any block type.
 
+``norm_layer`` (default ``nn.BatchNorm2d``) builds every norm, as in torchvision. :meth:`ResNet.features` names
+the stages by module (``layer1``..``layer4``), as torchvision's ``IntermediateLayerGetter`` and timm do.
+
 A state_dict saved from torchvision's ``resnet18/34/50/101`` loads strictly into ours and gives the same
 outputs. ``output_stride`` 8/16/32 follows torchvision's ``replace_stride_with_dilation`` semantics: a dilated
 stage replaces its stride by dilation, and its first block keeps the previous stage's dilation. Unlike
@@ -8,7 +11,7 @@ torchvision, basic blocks accept dilation (ResNet-18/34 at output stride 8 are c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,16 +41,17 @@ class BasicBlock(nn.Module):
         base_width: int = 64,
         dilation: int = 1,
         first_dilation: int | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ModelError("BasicBlock supports only groups=1 and base_width=64 (as in torchvision)")
         d1 = first_dilation if first_dilation is not None else dilation
         self.conv1 = conv3x3(inplanes, planes, stride, dilation=d1)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
 
@@ -71,16 +75,17 @@ class Bottleneck(nn.Module):
         base_width: int = 64,
         dilation: int = 1,
         first_dilation: int | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         d = first_dilation if first_dilation is not None else dilation  # the block's only 3x3 conv
         self.conv2 = conv3x3(width, width, stride, groups, d)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
@@ -93,18 +98,28 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+# torchvision's ``replace_stride_with_dilation`` for layer2..layer4, per supported output stride.
+_DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def check_output_stride(output_stride: int) -> int:
+    """``output_stride`` if a ResNet (and so a DeepLab head's rates) supports it; else a ModelError."""
+    if output_stride not in _DILATE:
+        raise ModelError(f"output_stride={output_stride} is not supported; use 8, 16 or 32")
+    return output_stride
+
+
 def dilation_flags(output_stride: int) -> list[bool]:
     """torchvision's ``replace_stride_with_dilation`` for layer2..layer4 at an output stride."""
-    flags = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
-    if output_stride not in flags:
-        raise ModelError(f"output_stride={output_stride} is not supported; use 8, 16 or 32")
-    return flags[output_stride]
+    return list(_DILATE[check_output_stride(output_stride)])
 
 
 class ResNet(nn.Module):
     """torchvision's ResNet layout (conv1, bn1, relu, maxpool, layer1-4, avgpool, fc).
 
-    ``forward`` classifies; :meth:`features` returns the stage outputs used by segmentation heads. With
+    ``forward`` classifies; :meth:`features` returns the stage outputs used by segmentation heads, by stage name
+    (``channels`` gives each stage's width by the same names). With
     ``num_classes=None`` there is no avgpool/fc, matching the backbone inside torchvision's DeepLabV3.
     ``widths`` scales the four stages (torchvision: 64, 128, 256, 512); ``multi_grid`` multiplies the
     dilation of each block of layer4 (DeepLabv3's multi-grid, e.g. (1, 2, 4)).
@@ -121,6 +136,7 @@ class ResNet(nn.Module):
         multi_grid: Sequence[int] | None = None,
         groups: int = 1,
         width_per_group: int = 64,
+        norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or len(widths) != 4:
@@ -129,10 +145,11 @@ class ResNet(nn.Module):
         self.dilation = 1
         self.groups = groups
         self.base_width = width_per_group
+        self._norm_layer = norm_layer or nn.BatchNorm2d
         self.output_stride = output_stride
         dilate = dilation_flags(output_stride)
         self.conv1 = nn.Conv2d(in_channels, self.inplanes, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.bn1 = self._norm_layer(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.layer1 = self._make_layer(block, widths[0], layers[0])
@@ -142,13 +159,13 @@ class ResNet(nn.Module):
         if num_classes is not None:  # a segmentation backbone has no classifier (as torchvision's DeepLab)
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
-        self.channels = [w * block.expansion for w in widths]  # per stage, for heads
+        self.channels = {name: w * block.expansion for name, w in zip(STAGES, widths)}  # for heads
         self.in_channels = in_channels
         self.min_size = 2 * output_stride  # BatchNorm in training needs >= 2 values per channel at batch 1
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):  # as torchvision
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -169,7 +186,7 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 conv1x1(self.inplanes, planes * block.expansion, stride),
-                nn.BatchNorm2d(planes * block.expansion),
+                self._norm_layer(planes * block.expansion),
             )
         if multi_grid is not None and len(multi_grid) != blocks:
             raise ModelError(f"multi_grid {tuple(multi_grid)} needs one rate per block of layer4 ({blocks})")
@@ -177,7 +194,7 @@ class ResNet(nn.Module):
         # torchvision: the first 3x3 conv of a dilated stage keeps the previous dilation (unless multi-grid);
         # a basic block's second conv already runs at the stage's dilation.
         first = rates[0] if multi_grid else previous
-        extra = {"groups": self.groups, "base_width": self.base_width}
+        extra = {"groups": self.groups, "base_width": self.base_width, "norm_layer": self._norm_layer}
         layers = [
             block(self.inplanes, planes, stride, downsample, dilation=rates[0], first_dilation=first, **extra)
         ]
@@ -185,17 +202,16 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes, dilation=rates[i], **extra) for i in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of layer1..layer4 (strides 4, 8, 16, 32 before dilation)."""
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Outputs of ``layer1``..``layer4`` by name (strides 4, 8, 16, 32 before dilation)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        feats = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
-            feats.append(x)
+        feats = {}
+        for name in STAGES:
+            x = feats[name] = getattr(self, name)(x)
         return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)[-1]
+        x = self.features(x)["layer4"]
         if not hasattr(self, "fc"):
             return x  # a backbone: the last stage's features
         return self.fc(torch.flatten(self.avgpool(x), 1))
@@ -209,7 +225,7 @@ class Trunk(nn.Module):
         self.resnet = resnet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resnet.features(x)[-1]
+        return self.resnet.features(x)["layer4"]
 
 
 DEPTHS = {

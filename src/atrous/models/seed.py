@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atrous.models.base import Segmenter, resize_to
+from atrous.models.blocks import conv_norm_act
 from atrous.models.deeplab import ASPP
 from atrous.models.registry import register
 from atrous.models.unet import UNet
@@ -44,8 +47,8 @@ def seed_dilated_unet(in_channels: int = 3, num_classes: int = 1) -> UNet:
     )
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, stride, k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+# The seed's convolutions kept their bias before BatchNorm; its parameter count is part of what we reproduce.
+_conv_bn_relu = partial(conv_norm_act, bias=True)
 
 
 class SeedDeepLab(Segmenter):

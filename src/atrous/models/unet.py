@@ -11,7 +11,7 @@ from torch import nn
 
 from atrous.errors import ModelError
 from atrous.models.base import Segmenter, match_size
-from atrous.models.blocks import norm_layer
+from atrous.models.blocks import conv_norm_act
 from atrous.models.registry import register
 from atrous.rf import schedule
 
@@ -20,24 +20,13 @@ class GriddingWarning(UserWarning):
     """A dilation schedule leaves holes in the receptive field."""
 
 
-def conv_norm_relu(
-    cin: int, cout: int, norm: str | None, dilation: int = 1, bias: bool | None = None
-) -> list:
-    use_bias = norm in (None, "none") if bias is None else bias  # a bias in front of a norm is wasted
-    return [
-        nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=use_bias),
-        norm_layer(norm, cout),
-        nn.ReLU(inplace=True),
-    ]
-
-
 class DoubleConv(nn.Sequential):
     def __init__(
         self, cin: int, cout: int, norm: str | None, rates: Sequence[int] = (1, 1), bias: bool | None = None
     ):
         layers = []
         for i, r in enumerate(rates):
-            layers += conv_norm_relu(cin if i == 0 else cout, cout, norm, r, bias)
+            layers += conv_norm_act(cin if i == 0 else cout, cout, 3, dilation=r, norm=norm, bias=bias)
         super().__init__(*layers)
 
 
