@@ -35,6 +35,8 @@ class TensorArg:
 
     node: int | None
     shape: tuple[int, ...]
+    stride: tuple[int, ...] = ()  # memory strides, for the ops whose meaning depends on them (as_strided)
+    storage_offset: int = 0
 
 
 @dataclass
@@ -230,7 +232,9 @@ class _Recorder(TorchDispatchMode):
 
         def wrap(value: Any) -> Any:
             if isinstance(value, torch.Tensor):
-                ta = TensorArg(self.node_of(value), tuple(value.shape))
+                ta = TensorArg(
+                    self.node_of(value), tuple(value.shape), tuple(value.stride()), value.storage_offset()
+                )
                 inputs.append(ta)
                 return ta
             return value

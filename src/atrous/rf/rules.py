@@ -859,6 +859,23 @@ def _same(ctx: Ctx) -> list[Effect]:
     return [Effect(L.with_sizes(ctx.layout(x), ctx.out_shapes[0]), [Dep(x)])]
 
 
+@rule("aten.as_strided", "aten.as_strided_")
+def _as_strided(ctx: Ctx) -> list[Effect]:
+    """Only the restriding that changes no element's position: same sizes, same offset, and the same stride on
+    every dim longer than 1 (a dim of length 1 has one index whatever its stride). PyTorch's kernels do this
+    to give an output the memory format of their input (an adaptive pooling of a permuted tensor, as in
+    torchvision's Swin head). Any other as_strided reinterprets memory and has no index rule."""
+    x = ctx.call.inputs[0]
+    size, stride = tuple(ctx.call.args["size"]), tuple(ctx.call.args["stride"])
+    offset = ctx.call.args.get("storage_offset")
+    same = size == x.shape and (offset is None or offset == x.storage_offset)
+    if not same or any(n > 1 and a != b for n, a, b in zip(size, stride, x.stride)):
+        raise ctx.unsupported(
+            "as_strided that moves elements (other sizes, offset or strides) has no exact index rule"
+        )
+    return _same(ctx)
+
+
 @rule("aten.native_dropout")
 def _native_dropout(ctx: Ctx) -> list[Effect]:
     x = ctx.call.inputs[0]
