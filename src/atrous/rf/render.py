@@ -6,7 +6,7 @@ from fractions import Fraction
 
 from rich.table import Table
 
-from atrous.rf.analyze import RFReport, TensorRF
+from atrous.rf.report import RFReport, TensorRF
 
 
 def fmt_fraction(x: Fraction | None) -> str:

@@ -1,0 +1,330 @@
+"""The report: receptive fields per tensor and per axis (:class:`RFReport`, :class:`TensorRF`, :class:`AxisRF`),
+summarised from the propagated states, with the exact window and in-image support of any output pixel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import reduce
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from atrous.errors import InputShapeError
+from atrous.rf.algebra import FiniteAlgebra, Term
+from atrous.rf.graph import Graph
+from atrous.rf.outputs import unknown_output
+from atrous.rf.propagate import NodeState, Propagation
+from atrous.rf.rules import AXIS_NAMES, Options
+from atrous.rf.support import AxisMap, Offsets
+
+
+@dataclass
+class PhaseWindow:
+    phase: int
+    lo: int  # output index ``q * period + phase`` sees input ``[q * advance + lo, q * advance + hi]``
+    hi: int
+    holes: list[int]
+
+    @property
+    def rf(self) -> int:
+        return self.hi - self.lo + 1
+
+
+@dataclass(kw_only=True)  # eleven fields, several of one type: by keyword, none can be swapped silently
+class AxisRF:
+    """The receptive field of one tensor along one spatial axis; None (and no holes, no phases) where a
+    quantity does not exist: no pixel reaches the tensor, the field is global, or strides differ."""
+
+    name: str
+    rf: int | None  # None: global
+    global_: bool
+    stride: Fraction | None = None  # None when paths of different strides meet
+    padding: Fraction | None = None
+    centre: Fraction | None = None
+    holes: list[int] = field(default_factory=list)  # missing inside the largest window, from its first pixel
+    coverage: float
+    aligned: bool
+    phases: list[PhaseWindow] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def hole_count(self) -> int:
+        return len(self.holes)
+
+
+@dataclass
+class TensorRF:
+    name: str
+    shape: tuple[int, ...]
+    axes: list[AxisRF]
+    notes: list[str]
+    area_coverage: float | None  # fraction of the RF box (all axes) that really influences the pixel
+
+    @property
+    def global_(self) -> bool:
+        return any(a.global_ for a in self.axes)
+
+    @property
+    def aligned(self) -> bool:
+        return all(a.aligned for a in self.axes)
+
+    @property
+    def rf(self) -> list[int | None]:
+        return [a.rf for a in self.axes]
+
+    @property
+    def stride(self) -> list[Fraction | None]:
+        return [a.stride for a in self.axes]
+
+    @property
+    def padding(self) -> list[Fraction | None]:
+        return [a.padding for a in self.axes]
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "rf": [a.rf for a in self.axes],
+            "stride": [_num(a.stride) for a in self.axes],
+            "padding": [_num(a.padding) for a in self.axes],
+            "centre": [_num(a.centre) for a in self.axes],
+            "holes": [a.holes for a in self.axes],
+            "coverage": [round(a.coverage, 6) for a in self.axes],
+            "area_coverage": None if self.area_coverage is None else round(self.area_coverage, 6),
+            "aligned": self.aligned,
+            "global": self.global_,
+            "global_axes": [a.name for a in self.axes if a.global_],
+            "phases": [
+                [{"phase": p.phase, "window": [p.lo, p.hi], "rf": p.rf, "holes": p.holes} for p in a.phases]
+                if not a.aligned
+                else []
+                for a in self.axes
+            ],
+            "notes": self.notes + [a.note for a in self.axes if a.note],
+        }
+
+
+def _num(x: Fraction | None) -> int | float | None:
+    if x is None:
+        return None
+    return int(x) if x.denominator == 1 else float(x)
+
+
+def _axis_union(maps: list[AxisMap]) -> AxisMap | None:
+    """Union of per-term maps, or None when their strides differ (no single periodic map exists)."""
+    acc = maps[0]
+    for m in maps[1:]:
+        acc = acc.union(m)
+        if acc is None:
+            return None
+    return acc
+
+
+def _axis_rf(name: str, maps: list[AxisMap], paths: dict, n_out: int) -> AxisRF:
+    """Summary of one axis of one tensor from the per-term maps (union) and path classes (alignment)."""
+    union = _axis_union(maps) if maps else None
+    if not maps or (union is not None and union.is_empty):
+        note = "no input pixel reaches this tensor"
+        return AxisRF(name=name, rf=0, global_=False, coverage=0.0, aligned=True, note=note)
+    if union is not None and union.has_global:
+        stride = union.stride if not union.is_global else None
+        return AxisRF(name=name, rf=None, global_=True, stride=stride, coverage=1.0, aligned=True)
+    if union is None:
+        return _mixed_strides_axis(name, maps, n_out)
+    return _periodic_axis(name, union, paths)
+
+
+def _mixed_strides_axis(name: str, maps: list[AxisMap], n_out: int) -> AxisRF:
+    """Paths with different strides meet: the window depends on the position; show the largest one."""
+    sets = [reduce(lambda acc, m: acc | m.at(u), maps, Offsets.of([])) for u in range(max(n_out, 1))]
+    widest = max(sets, key=lambda s: s.extent)
+    strides = sorted({str(m.stride) for m in maps if not m.is_empty})
+    return AxisRF(
+        name=name,
+        rf=widest.extent,
+        global_=False,
+        holes=widest.holes(),
+        coverage=len(widest) / widest.extent,
+        aligned=False,
+        note=f"paths with different strides ({', '.join(strides)}) meet: the window depends on the position; "
+        f"rf is the largest over the {n_out} output positions",
+    )
+
+
+def _periodic_axis(name: str, union: AxisMap, paths: dict) -> AxisRF:
+    """One periodic map covers every path: its phases give the windows, the path classes the alignment."""
+    windows = [PhaseWindow(f, p.lo, p.hi, p.holes()) for f, p in enumerate(union.phases) if not p.empty]
+    widest_phase = max(windows, key=lambda w: w.rf)
+    widest = union.phases[widest_phase.phase]
+    first = union.phases[0]
+    centres = {k for k in paths if k != ("global",)}
+    note = None
+    if union.period > 1:
+        note = f"{union.period} output phases see different windows (stride {union.stride})"
+    elif len(centres) > 1:
+        found = sorted({Fraction(k[2][0], 2) for k in centres if k[2][0] is not None and k[0] == 1})
+        note = "paths disagree on the centre of the window: " + ", ".join(str(c) for c in found)
+    return AxisRF(
+        name=name,
+        rf=widest_phase.rf,
+        global_=False,
+        stride=union.stride,
+        padding=-Fraction(first.lo) if not first.empty else None,
+        centre=Fraction(first.lo + first.hi, 2) if union.period == 1 else None,
+        holes=widest_phase.holes,
+        coverage=len(widest) / widest.extent,
+        aligned=union.period == 1 and len(centres) <= 1,
+        phases=windows,
+        note=note,
+    )
+
+
+def _area_coverage(terms: list[Term], axes: list[AxisRF], limit: int = 1 << 24) -> float | None:
+    """Fraction of the full RF box covered by the union of products at output index 0 (all axes)."""
+    if any(a.global_ or a.rf is None or a.stride is None for a in axes) or not terms:
+        return None
+    phase = [max(a.phases, key=lambda w: w.rf).phase if a.phases else 0 for a in axes]
+    boxes = [[m.at(phase[i]) for i, m in enumerate(t)] for t in terms]
+    lo = [min(b[i].lo for b in boxes if not b[i].empty) for i in range(len(axes))]
+    hi = [max(b[i].hi for b in boxes if not b[i].empty) for i in range(len(axes))]
+    shape = [top - bottom + 1 for bottom, top in zip(lo, hi)]
+    if prod(shape) > limit:
+        return None
+    grid = np.zeros(shape, dtype=bool)
+    for b in boxes:
+        idx = [np.fromiter((v - lo[i] for v in b[i]), dtype=np.int64) for i in range(len(axes))]
+        grid[np.ix_(*idx)] = True
+    return float(grid.mean())
+
+
+@dataclass
+class LayerRow:
+    node: int
+    module: str
+    op: str
+    shape: tuple[int, ...]
+    tensor: TensorRF
+
+
+@dataclass
+class RFReport:
+    """Receptive fields of every output of a model, per spatial axis (see :func:`analyze`)."""
+
+    input_shape: tuple[int, ...]  # (C, *spatial), without the batch dim
+    outputs: list[TensorRF]
+    graph: Graph = field(repr=False)
+    options: Options = field(repr=False)
+    _prop: Propagation = field(repr=False)
+    _periodic: dict[int, NodeState] = field(repr=False)
+    _finite: dict[int, NodeState] | None = field(default=None, repr=False)
+
+    def output(self, name: str | None = None) -> TensorRF:
+        """The report of one output (the first when ``name`` is None; names as in :func:`named_outputs`)."""
+        if name is None:
+            return self.outputs[0]
+        for o in self.outputs:
+            if o.name == name:
+                return o
+        raise unknown_output(name, [o.name for o in self.outputs])
+
+    @property
+    def rf(self) -> list[int | None]:
+        return self.outputs[0].rf
+
+    def tensor(self, node: int, name: str | None = None) -> TensorRF:
+        return tensor_rf(self._prop, self._periodic[node], node, name or self.graph.nodes[node].name)
+
+    def layers(self) -> list[LayerRow]:
+        """One row per recorded op (its main output), in execution order."""
+        rows = []
+        for call in self.graph.calls:
+            if call.outputs:
+                node = call.outputs[0]
+                rows.append(
+                    LayerRow(
+                        node,
+                        call.module,
+                        call.packet.split(".")[-1],
+                        self.graph.nodes[node].shape,
+                        self.tensor(node),
+                    )
+                )
+        return rows
+
+    def window(
+        self, index: Sequence[int], output: str | None = None
+    ) -> tuple[tuple[int, ...], np.ndarray] | None:
+        """Theoretical support of one output pixel on an unbounded input: ``(origin, mask)`` where
+        ``mask[i, j]`` says whether input pixel ``(origin[0] + i, origin[1] + j)`` is reached. None if the
+        receptive field is global along some axis."""
+        node = self.graph.outputs[self.output(output).name]
+        state = self._periodic[node]
+        lay = state.layout
+        boxes = []
+        for seg in state.segments:
+            for term in seg.terms:
+                sets = [m.at(index[a] if lay[a] is not None else 0) for a, m in enumerate(term)]
+                if any(s.is_global for s in sets):
+                    return None
+                if not any(s.empty for s in sets):
+                    boxes.append(sets)
+        if not boxes:
+            return tuple(0 for _ in index), np.zeros((0,) * len(index), dtype=bool)
+        origin = tuple(min(b[a].lo for b in boxes) for a in range(len(index)))
+        shape = tuple(max(b[a].hi for b in boxes) - origin[a] + 1 for a in range(len(index)))
+        mask = np.zeros(shape, dtype=bool)
+        for b in boxes:
+            mask[
+                np.ix_(
+                    *[np.fromiter((v - origin[a] for v in b[a]), dtype=np.int64) for a in range(len(index))]
+                )
+            ] = True
+        return origin, mask
+
+    def support(self, index: Sequence[int], output: str | None = None) -> np.ndarray:
+        """Exact in-image support of one output pixel: a boolean array over the input's spatial shape, True
+        where the input pixel influences output ``index`` (spatial indices of that output)."""
+        node = self.graph.outputs[self.output(output).name]
+        if self._finite is None:
+            self._finite = self._prop.run(FiniteAlgebra(self.input_shape[1:]))
+        state = self._finite[node]
+        lay = state.layout
+        if len(index) != len(lay):
+            raise InputShapeError(f"support index {tuple(index)} needs {len(lay)} spatial coordinates")
+        grid = np.zeros(self.input_shape[1:], dtype=bool)
+        for seg in state.segments:
+            for term in seg.terms:
+                rows = []
+                for a, m in enumerate(term):
+                    i = index[a] if lay[a] is not None else 0
+                    rows.append(m[min(i, m.shape[0] - 1)] if m.shape[0] > 1 else m[0])
+                grid |= reduce(np.multiply.outer, rows).astype(bool) if len(rows) > 1 else rows[0]
+        return grid
+
+    def to_json(self, layers: bool = True) -> dict:
+        data: dict[str, Any] = {
+            "input": list(self.input_shape),
+            "mode": "train-view" if self.options.train_batchnorm else "eval",
+            "outputs": [o.to_json() for o in self.outputs],
+        }
+        if layers:
+            data["layers"] = [
+                {"node": r.node, "module": r.module, "op": r.op, **r.tensor.to_json()} for r in self.layers()
+            ]
+        return data
+
+
+def tensor_rf(prop: Propagation, state: NodeState, node: int, name: str) -> TensorRF:
+    terms = [t for s in state.segments for t in s.terms]
+    names = AXIS_NAMES[prop.spatial]
+    axes = []
+    for a in range(prop.spatial):
+        maps = [t[a] for t in terms]
+        paths = state.paths[a] if state.paths else {}
+        axes.append(_axis_rf(names[a], maps, paths, prop.size(node, a)))
+    notes = [n for n in state.notes if n.startswith("global") and any(ax.global_ for ax in axes)]
+    notes += [n for n in state.notes if not n.startswith("global")]
+    return TensorRF(name, prop.shapes[node], axes, notes, _area_coverage(terms, axes))
