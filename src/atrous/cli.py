@@ -128,7 +128,7 @@ def custom_model_row(spec: str, shape: tuple[int, ...]) -> dict:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from atrous.models.registry import list_models
-    from atrous.models.summary import summarize
+    from atrous.models.summary import models_table, summarize
     from atrous.spec import split_spec, with_kwargs
 
     shape = parse_ints(args.input, "--input")
@@ -144,24 +144,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.table import Table
-
-    table = Table(title=f"atrous zoo (FLOPs and RF at input {','.join(map(str, shape))})")
-    for col in ("name", "task", "params", "GFLOPs", "RF", "out stride", "min size", "summary"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        rf = "global" if r["rf_global"] else "×".join(map(str, sorted(set(r["rf"]))))
-        table.add_row(
-            r["name"],
-            r["task"],
-            f"{r['params']:,}",
-            f"{r['flops'] / 1e9:.3f}",
-            rf,
-            str(r["output_stride"]),
-            "-" if r["min_size"] is None else str(r["min_size"]),
-            r["summary"],
-        )
-    console.print(table)
+    console.print(models_table(rows, shape))
     return 0
 
 
@@ -181,20 +164,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
         return 0
-    from rich.table import Table
+    from atrous.rf.render import schedule_table
 
-    table = Table(title=f"Dilation schedules, kernel {args.kernel}")
-    for col in ("rates", "RF", "holes", "hole positions", "HDC rule"):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        table.add_row(
-            ",".join(map(str, r.rates)),
-            str(r.rf),
-            str(len(r.holes)),
-            str(list(r.holes)) if r.holes else "-",
-            r.hdc.verdict,
-        )
-    console.print(table)
+    console.print(schedule_table(results, args.kernel))
     return 0
 
 

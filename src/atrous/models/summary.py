@@ -8,6 +8,7 @@ from atrous.errors import InputShapeError
 from atrous.flops import count_flops, count_params
 from atrous.models.registry import create_model, list_models, model_info
 from atrous.rf import analyze
+from atrous.rf.render import FitTable
 from atrous.spec import split_spec
 
 
@@ -35,3 +36,29 @@ def summarize(input_shape: Sequence[int], names: list[str] | None = None) -> lis
             }
         )
     return rows
+
+
+def models_table(rows: list[dict], input_shape: Sequence[int]) -> FitTable:
+    """The rows of :func:`summarize` as a table; each model's summary is prose, so it goes below the table."""
+    cells = []
+    for r in rows:
+        rf = "global" if r["rf_global"] else "×".join(map(str, sorted(set(r["rf"]))))
+        cells.append(
+            (
+                r["name"],
+                r["task"],
+                f"{r['params']:,}",
+                f"{r['flops'] / 1e9:.3f}",
+                rf,
+                str(r["output_stride"]),
+                "-" if r["min_size"] is None else str(r["min_size"]),
+            )
+        )
+    return FitTable(
+        f"atrous zoo (FLOPs and RF at input {','.join(map(str, input_shape))})",
+        ("name", "task", "params", "GFLOPs", "RF", "stride", "min size"),
+        cells,
+        breaks={"name": "_.:", "stride": " "},
+        right=frozenset({"params", "GFLOPs", "RF", "stride", "min size"}),
+        notes=[(r["name"], r["summary"]) for r in rows],
+    )
