@@ -1,4 +1,18 @@
-"""Published receptive-field values (DESIGN.md) reproduced by the engine at input 224."""
+"""Published receptive-field values reproduced by the engine at input 224.
+
+Sources:
+
+* Araujo, Norris & Sim, "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019
+  (doi:10.23915/distill.00021), and its table of TF-Slim models (google-research/receptive_field,
+  ``receptive_field/RECEPTIVE_FIELD_TABLE.md``): ``vgg_16/pool5`` 212 / 32 / 90; ``alexnet_v2/pool5`` 195 / 32 / 64,
+  where torchvision's AlexNet pads its first conv by 2 (Slim: none), so its padding is 64 + 2 = 66.
+* ResNet trunks in torchvision's layout (``torchvision.models.resnet``: stride on the first block of a stage, in
+  its 3x3 conv, no avgpool/fc), by the single-path formulas of Araujo et al. along the longest path. Slim's
+  ``resnet_v1`` strides in the last unit of a block instead, so that table's 483 for ``resnet_v1_50`` differs.
+* Yu & Koltun, "Multi-Scale Context Aggregation by Dilated Convolutions", ICLR 2016, Table 1 (basic context
+  module, per layer); the gridding of equal rates: Wang et al., "Understanding Convolution for Semantic
+  Segmentation", WACV 2018.
+"""
 
 from __future__ import annotations
 
