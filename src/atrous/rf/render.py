@@ -20,13 +20,15 @@ from rich.table import Table
 from atrous.rf.report import RFReport, TensorRF
 from atrous.rf.schedule import ScheduleCheck
 
-GAP = 2  # spaces between two columns (see the padding in :meth:`FitTable._table`)
+GAP = 2  # spaces between two columns of the compact style (see the padding in :meth:`FitTable._table`)
+BOXED_GAP, BOXED_EDGES = 3, 4  # rich's default box: " │ " between columns, "│ " and " │" at the edges
 NARROWEST = 8  # a breakable column is not narrowed below this: shorter pieces stop reading as names
 
 
 @dataclass
 class FitTable:
-    """A table that narrows its breakable columns to fit the console, then says its notes below."""
+    """A table that fits the console: in rich's box when it fits whole, else without the box's rules and with
+    its breakable columns narrowed; then its notes, below."""
 
     title: str
     columns: Sequence[str]
@@ -36,8 +38,11 @@ class FitTable:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (label, text), one line each below the table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
-        widths = self._widths(options.max_width)
-        yield self._table(widths)
+        # A table that fits whole keeps rich's familiar box; one that does not drops the box's rules, which
+        # cost 3 columns a gap, before any name has to break.
+        widths = self._natural_widths()
+        boxed = sum(widths) + BOXED_GAP * (len(widths) - 1) + BOXED_EDGES <= options.max_width
+        yield self._table(widths if boxed else self._narrowed(widths, options.max_width), boxed)
         if self.notes:
             grid = Table.grid(padding=(0, 1, 0, 0))
             grid.add_column(no_wrap=True)
@@ -46,12 +51,15 @@ class FitTable:
                 grid.add_row(label, text)
             yield grid
 
-    def _widths(self, max_width: int) -> list[int]:
-        """Natural column widths, the widest breakable column narrowed first until the table fits."""
-        widths = [
+    def _natural_widths(self) -> list[int]:
+        return [
             max(len(line) for text in (col, *cells) for line in text.split("\n"))
             for col, cells in self._cols()
         ]
+
+    def _narrowed(self, natural: list[int], max_width: int) -> list[int]:
+        """The widest breakable column narrowed first, one character at a time, until the table fits."""
+        widths = list(natural)
         free = max_width - GAP * (len(widths) - 1)
         breakable = [i for i, col in enumerate(self.columns) if col in self.breaks]
         while sum(widths) > free:
@@ -65,10 +73,17 @@ class FitTable:
         for i, col in enumerate(self.columns):
             yield col, [row[i] for row in self.rows]
 
-    def _table(self, widths: list[int]) -> Table:
-        table = Table(
-            title=self.title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, GAP - 1, 0, 0)
-        )
+    def _table(self, widths: list[int], boxed: bool) -> Table:
+        if boxed:
+            table = Table(title=self.title)
+        else:
+            table = Table(
+                title=self.title,
+                box=box.SIMPLE_HEAD,
+                show_edge=False,
+                pad_edge=False,
+                padding=(0, GAP - 1, 0, 0),
+            )
         for col, width in zip(self.columns, widths):
             justify = "right" if col in self.right else "left"
             table.add_column(self._cell(col, col, width), justify=justify, overflow="fold")
