@@ -419,7 +419,13 @@ def resolve_device(name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous", description="Dilated convolutions, exactly.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_rf_commands, _add_data_commands, _add_training_commands, _add_study_commands):
+        add(sub)
+    return parser
 
+
+def _add_rf_commands(sub) -> None:
+    """The receptive-field sub-commands: rf, models, schedule."""
     p = sub.add_parser("rf", help="exact receptive fields of a model")
     p.add_argument(
         "model",
@@ -473,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schedule)
 
+
+def _add_data_commands(sub) -> None:
+    """data check and data preview."""
     p = sub.add_parser("data", help="check or preview datasets")
     data = p.add_subparsers(dest="data_command", required=True)
     q = data.add_parser("check", help="scan a dataset and list every problem (exit 1 if any)")
@@ -486,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split")
     q.set_defaults(func=cmd_data_preview)
 
+
+def _add_training_commands(sub) -> None:
+    """Training and using a model: train, eval, predict, export."""
     p = sub.add_parser(
         "train", help="train a model (torchrun --nproc_per_node=N -m atrous train ... for DDP)"
     )
@@ -523,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(p, "where the parity check runs PyTorch (and onnxruntime, when it has CUDA)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_study_commands(sub) -> None:
+    """Studies and measurements: erf, lab, bench."""
     p = sub.add_parser("erf", help="effective receptive field (averaged input gradients), drawn with the RF")
     p.add_argument("model", help="zoo spec or import path package.module:factory[:key=value,...]")
     add_model_kwargs(p)
@@ -560,7 +575,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_device(p, "gpu runs only on CUDA; 'all' includes it when a GPU is in use")
     p.set_defaults(func=cmd_bench)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from atrous.data.synthetic import needed_rf
@@ -54,6 +53,18 @@ def saturation(rfs: list[int], miou: dict[int, list[float]]) -> tuple[int, dict]
     return best, {"best_rf": best}
 
 
+COLUMNS = [
+    "RF (engine)",
+    "kernels, rates",
+    "holes/axis",
+    "params",
+    "GFLOPs/img",
+    "train img/s",
+    "val mIoU",
+    "IoU small objects",
+]
+
+
 def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
     s = Section(KEY, "Exercise 5: receptive field vs accuracy", f"atrous lab --only {KEY} --preset {p.name}")
     s.paragraphs.append(
@@ -63,104 +74,80 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Sectio
         "training): stacks whose RF is below the needed RF cannot separate every pixel, so accuracy saturates at "
         f"the first RF of the sweep that reaches the need. {CONVERGENCE}."
     )
-    out: dict = {}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    speed_ax = axes[1].twinx()
+    out, curves = {}, {}
     for small in p.ex5_smalls:
-        data = data_spec(p, small)
-        need = needed_rf(small)
-        rows, miou, points = [], {}, []
-        for rf in p.ex5_rfs:
-            spec = stack_spec(p, rf)
-            per_seed = common.runs(results, p, spec, data, seeds)
-            report = analyze(create_model(spec, num_classes=3), (3, p.size, p.size)).outputs[0]
-            holes = report.axes[0].hole_count
-            est = common.estimate(per_seed, "miou")
-            small_iou = common.estimate(per_seed, "iou:1")
-            miou[rf] = common.final(per_seed, "miou")
-            img_s = common.speed(per_seed)
-            rows.append(
-                [
-                    report.rf[0],
-                    spec.split(",", 1)[1],
-                    holes,
-                    per_seed[0]["params"],
-                    per_seed[0]["flops"] / 1e9,
-                    f"{img_s:.0f}",
-                    str(est),
-                    str(small_iou),
-                ]
-            )
-            points.append((report.rf[0], est.mean, est.half_width, per_seed[0]["flops"] / 1e9, img_s))
-        sat, detail = saturation(list(p.ex5_rfs), miou)
-        below = [r for r in p.ex5_rfs if r < need]
-        at = [r for r in p.ex5_rfs if r >= need]
-        predicted_sat = min(at) if at else None
-        sat_agrees = (
-            "undetermined" if predicted_sat is None else ("agrees" if sat == predicted_sat else "disagrees")
-        )
-        text = (
-            f"Objects {small} px (needed RF 2 x {small} + 1 = {need}). Predicted: saturation at RF "
-            f"{predicted_sat if predicted_sat is not None else 'beyond the sweep'}. Measured: mIoU saturates at "
-            f"RF {sat} ({sat / need:.2f} x the needed RF): {sat_agrees}."
-        )
-        step = step_agrees = None
-        if below and at:
-            step = compare_paired(miou[min(at)], miou[max(below)])
-            step_agrees = agreement("better", step)
-            text += (
-                f" RF {min(at)} vs RF {max(below)}, predicted better: mIoU difference {step.describe()} "
-                f"({step_agrees})."
-            )
+        rows, miou, points = sweep(p, small, seeds, results)
+        text, out[f"small_{small}"] = verdicts(p, small, miou)
+        out[f"small_{small}"]["points"] = [
+            {"rf": int(r), "miou_mean": float(m), "ci95": float(c), "gflops": float(f)}
+            for r, m, c, f, _ in points
+        ]
         s.paragraphs.append(text)
-        s.tables.append(
-            Table(
-                [
-                    "RF (engine)",
-                    "kernels, rates",
-                    "holes/axis",
-                    "params",
-                    "GFLOPs/img",
-                    "train img/s",
-                    "val mIoU",
-                    "IoU small objects",
-                ],
-                rows,
-                f"`{data}` (needed RF {need}); mean ± 95 % CI over seeds; img/s measured on one thread in this run",
-            )
+        need = needed_rf(small)
+        caption = (
+            f"`{data_spec(p, small)}` (needed RF {need}); mean ± 95 % CI over seeds; img/s measured on one "
         )
-        rf_axis, mean, ci, flops, speeds = map(np.array, zip(*points))
-        line = axes[0].errorbar(rf_axis, mean, yerr=ci, marker="o", capsize=3, label=f"objects {small}px")
-        axes[0].axvline(need, linestyle="--", color=line[0].get_color(), alpha=0.7)
-        axes[1].plot(rf_axis, flops, marker="o", label=f"GFLOPs/img ({small}px task)")
-        speed_ax.plot(rf_axis, speeds, marker="s", color="tab:red", alpha=0.6, label="train img/s")
-        out[f"small_{small}"] = {
-            "data": data,
-            "needed_rf": need,
-            "saturation_rf": sat,
-            "prediction": {"saturation_rf": predicted_sat, "step_at_needed": "better" if step else None},
-            "agreement": {"saturation_rf": sat_agrees, "step_at_needed": step_agrees},
-            **detail,
-            "step_at_needed": None if step is None else step.to_json(),
-            "points": [
-                {"rf": int(r), "miou_mean": float(m), "ci95": float(c), "gflops": float(f)}
-                for r, m, c, f, _ in points
-            ],
-        }
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("receptive field (pixels per axis)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation mIoU (mean, 95 % CI)")
-    axes[0].set_title("accuracy vs RF (dashed: needed RF of the task)", fontsize=9)
-    axes[0].legend(fontsize=8)
-    axes[1].set_ylabel("GFLOPs per image")
-    speed_ax.set_ylabel("train img/s (one thread)")
-    handles = axes[1].get_legend_handles_labels()[0] + speed_ax.get_legend_handles_labels()[0]
-    axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
-    axes[1].set_title("compute vs RF", fontsize=9)
+        s.tables.append(Table(COLUMNS, rows, caption + "thread in this run"))
+        curves[small] = (need, points)
     fig_name = "ex5_rf_vs_accuracy.png"
-    plots.save(fig, run_dir / fig_name)
+    plots.rf_accuracy(curves, run_dir / fig_name)
     s.figures.append((fig_name, "Accuracy and cost vs receptive field"))
     s.results = out
     return s
+
+
+def sweep(p: Preset, small: int, seeds: list[int], results: dict) -> tuple[list, dict, list]:
+    """Table rows, per-seed mIoU by RF, and (RF, mean, CI, GFLOPs, img/s) points of one object size."""
+    data = data_spec(p, small)
+    rows, miou, points = [], {}, []
+    for rf in p.ex5_rfs:
+        spec = stack_spec(p, rf)
+        per_seed = common.runs(results, p, spec, data, seeds)
+        report = analyze(create_model(spec, num_classes=3), (3, p.size, p.size)).outputs[0]
+        est, small_iou = common.estimate(per_seed, "miou"), common.estimate(per_seed, "iou:1")
+        miou[rf] = common.final(per_seed, "miou")
+        img_s, gflops = common.speed(per_seed), per_seed[0]["flops"] / 1e9
+        rows.append(
+            [
+                report.rf[0],
+                spec.split(",", 1)[1],
+                report.axes[0].hole_count,
+                per_seed[0]["params"],
+                gflops,
+                f"{img_s:.0f}",
+                str(est),
+                str(small_iou),
+            ]
+        )
+        points.append((report.rf[0], est.mean, est.half_width, gflops, img_s))
+    return rows, miou, points
+
+
+def verdicts(p: Preset, small: int, miou: dict[int, list[float]]) -> tuple[str, dict]:
+    """The prediction (saturation at the first RF reaching the need; the step there is better), the measurement
+    and their agreement, as a sentence and as results."""
+    need = needed_rf(small)
+    sat, detail = saturation(list(p.ex5_rfs), miou)
+    below, at = [r for r in p.ex5_rfs if r < need], [r for r in p.ex5_rfs if r >= need]
+    predicted = min(at) if at else None
+    sat_agrees = "undetermined" if predicted is None else ("agrees" if sat == predicted else "disagrees")
+    text = (
+        f"Objects {small} px (needed RF 2 x {small} + 1 = {need}). Predicted: saturation at RF "
+        f"{predicted if predicted is not None else 'beyond the sweep'}. Measured: mIoU saturates at "
+        f"RF {sat} ({sat / need:.2f} x the needed RF): {sat_agrees}."
+    )
+    step = step_agrees = None
+    if below and at:
+        step = compare_paired(miou[min(at)], miou[max(below)])
+        step_agrees = agreement("better", step)
+        text += f" RF {min(at)} vs RF {max(below)}, predicted better: mIoU difference {step.describe()} ({step_agrees})."
+    result = {
+        "data": data_spec(p, small),
+        "needed_rf": need,
+        "saturation_rf": sat,
+        "prediction": {"saturation_rf": predicted, "step_at_needed": "better" if step else None},
+        "agreement": {"saturation_rf": sat_agrees, "step_at_needed": step_agrees},
+        **detail,
+        "step_at_needed": None if step is None else step.to_json(),
+    }
+    return text, result

@@ -64,3 +64,29 @@ def heatmap(
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
     save(fig, path)
+
+
+def rf_accuracy(curves: dict[int, tuple[int, list[tuple]]], path: Path) -> None:
+    """Exercise 5: per object size, (needed RF, [(RF, mean mIoU, CI, GFLOPs, img/s), ...]); accuracy against RF
+    with the need dashed, and compute and measured speed against RF."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    speed_ax = axes[1].twinx()
+    for small, (need, points) in curves.items():
+        rf_axis, mean, ci, flops, speeds = map(np.array, zip(*points))
+        line = axes[0].errorbar(rf_axis, mean, yerr=ci, marker="o", capsize=3, label=f"objects {small}px")
+        axes[0].axvline(need, linestyle="--", color=line[0].get_color(), alpha=0.7)
+        axes[1].plot(rf_axis, flops, marker="o", label=f"GFLOPs/img ({small}px task)")
+        speed_ax.plot(rf_axis, speeds, marker="s", color="tab:red", alpha=0.6, label="train img/s")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("receptive field (pixels per axis)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation mIoU (mean, 95 % CI)")
+    axes[0].set_title("accuracy vs RF (dashed: needed RF of the task)", fontsize=9)
+    axes[0].legend(fontsize=8)
+    axes[1].set_ylabel("GFLOPs per image")
+    speed_ax.set_ylabel("train img/s (one thread)")
+    handles = axes[1].get_legend_handles_labels()[0] + speed_ax.get_legend_handles_labels()[0]
+    axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+    axes[1].set_title("compute vs RF", fontsize=9)
+    save(fig, path)
