@@ -140,7 +140,8 @@ def verdicts(p: Preset, small: int, miou: dict[int, list[float]]) -> tuple[str, 
     if below and at:
         step = compare_paired(miou[min(at)], miou[max(below)])
         step_agrees = agreement("better", step)
-        text += f" RF {min(at)} vs RF {max(below)}, predicted better: mIoU difference {step.describe()} ({step_agrees})."
+        difference = f"mIoU difference {step.describe()} ({step_agrees})"
+        text += f" RF {min(at)} vs RF {max(below)}, predicted better: {difference}."
     result = {
         "data": data_spec(p, small),
         "needed_rf": need,
