@@ -21,6 +21,7 @@ from atrous.train.config import TrainConfig
 from atrous.train.distributed import Dist
 from atrous.train.loop import TIMING_KEYS, Trainer, TrainingDiverged, fit
 from datasets import folder_dataset
+from poison import poison_loss
 
 
 def test_on_device_composition_keeps_masks_and_draws_unit_noise_per_sample(device: str) -> None:
@@ -95,19 +96,7 @@ def test_deferred_divergence_check_names_the_first_bad_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The GPU path (no read per step) on the CPU: the first non-finite step is kept and reported."""
-    real = loop.make_loss
-
-    def poisoned(*args, **kwargs):
-        fn, calls = real(*args, **kwargs), {"n": 0}
-
-        def loss(out, target):
-            calls["n"] += 1
-            value = fn(out, target)
-            return value * float("inf") if calls["n"] >= 3 else value
-
-        return loss
-
-    monkeypatch.setattr(loop, "make_loss", poisoned)
+    poison_loss(monkeypatch, from_call=3, factor=float("inf"))
     cfg = TrainConfig(
         model="convstack:width=4", data="shapes:size=16,n=16", epochs=1, batch_size=4, out=str(tmp_path / "r")
     )

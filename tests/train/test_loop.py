@@ -17,11 +17,11 @@ from PIL import Image
 
 import atrous
 from atrous.cli import main
-from atrous.train import loop
 from atrous.train.checkpoint import CheckpointError, load_into
 from atrous.train.config import TrainConfig
 from atrous.train.loop import TIMING_KEYS, TrainingDiverged, fit
 from datasets import folder_dataset
+from poison import poison_loss
 
 pytestmark = pytest.mark.usefixtures("cpu_only")  # exact equality between runs: see conftest
 
@@ -156,20 +156,7 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = loop.make_loss
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        inner = real(*args, **kwargs)
-
-        def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            calls["n"] += 1
-            value = inner(logits, target)
-            return value * float("nan") if calls["n"] >= 5 else value
-
-        return loss
-
-    monkeypatch.setattr(loop, "make_loss", poisoned)
+    poison_loss(monkeypatch, from_call=5, factor=float("nan"))
     cfg = TrainConfig(
         model="convstack:width=4",
         data="shapes:size=16,n=16",
