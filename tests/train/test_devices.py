@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from rich.console import Console
 from atrous.cli import main
 from atrous.data import build_dataset
 from atrous.data.synthetic import MaskItems
+from atrous.device import compile_unavailable
 from atrous.train import loop
 from atrous.train.batches import BatchStream, epoch_batches
 from atrous.train.config import TrainConfig
@@ -151,3 +153,18 @@ def test_the_lab_trains_on_the_gpu_and_says_so(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "results.json").read_text())["meta"]
     assert meta["device"].endswith("(cuda)")
     assert "trained on" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.skipif(
+    compile_unavailable(torch.device("cpu")) is not None,
+    reason="torch.compile cannot run on this CPU (no C++ compiler)",
+)
+def test_compile_trains_and_reports_its_compile_time(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--model", "convstack:width=4", "--data", "shapes:size=16,n=16", "--epochs", "1"]
+    assert (
+        main([*argv, "--batch-size", "4", "--compile", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    )
+    assert re.search(
+        r"torch\.compile: the first step \(compilation\) took \d+\.\d s", capsys.readouterr().out
+    )
+    assert math.isfinite(_records(tmp_path / "r")[0]["train_loss"])
