@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,32 @@ def test_without_a_terminal_the_lab_prints_a_line_per_run(tmp_path: Path) -> Non
     assert re.search(r"\[1/3\] ex5 RF \d+ \(objects 4px\), seed 0: val mIoU \d\.\d{3} after \d+ steps", text)
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert timings["exercises"]["ex5"]["runs"] == 3 and timings["exercises"]["ex5"]["run_seconds"] > 0
+
+
+def test_workers_leave_when_the_lab_is_killed(tmp_path: Path) -> None:
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "atrous", "lab", "--preset", "tiny", "--out", str(tmp_path), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert "[1/" in lab.stdout.readline() + lab.stdout.readline()  # training has started in the workers
+    workers = [
+        int(p)
+        for p in subprocess.run(["pgrep", "-P", str(lab.pid)], capture_output=True, text=True).stdout.split()
+    ]
+    assert workers
+    lab.kill()
+    lab.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(running(w) for w in workers):
+        time.sleep(0.5)
+    assert not [w for w in workers if running(w)]
+
+
+def running(pid: int) -> bool:
+    """A live process (an exited one the container's init has not reaped yet is a zombie, state Z)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -11,6 +11,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -120,6 +121,18 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
     }
 
 
+def exit_with_parent(parent: int) -> None:
+    """In each worker: leave when the lab's process is gone. A lab killed by SIGTERM or SIGKILL cannot shut its
+    pool down, and its workers would otherwise wait for work forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_jobs(
     jobs: list[Job],
     root: Path,
@@ -143,7 +156,8 @@ def run_jobs(
     env_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pool_args = {"initializer": exit_with_parent, "initargs": (os.getpid(),)}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **pool_args) as pool:
             pending = {pool.submit(run_job, job, str(root), device): job for job in unique}
             done_count = 0
             while pending:
