@@ -1,5 +1,5 @@
 """``python -m atrous`` (and ``torchrun -m atrous``) runs the command-line interface."""
 
-from atrous.cli import main
+from atrous.cli import run
 
-raise SystemExit(main())
+run()

@@ -586,5 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``atrous`` program: ``main`` with its exit status (torchrun ranks leave through ``exit_rank``)."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from atrous.train.distributed import exit_rank
+
+        exit_rank(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

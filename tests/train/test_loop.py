@@ -153,6 +153,23 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
         assert b["val"]["miou"] == pytest.approx(a["val"]["miou"], abs=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "stream", "text"),
+    [
+        (["schedule", "2,2,2"], 0, "stdout", "M_2 = 2"),
+        (["schedule", "0"], 2, "stderr", "atrous: error:"),
+    ],
+)
+def test_a_torchrun_rank_exits_with_its_status_and_all_its_output(
+    args: list[str], code: int, stream: str, text: str
+) -> None:
+    """Ranks leave through os._exit (see distributed.exit_rank): the status and the buffered output survive."""
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    out = subprocess.run([sys.executable, "-m", "atrous", *args], capture_output=True, text=True, env=env)
+    assert out.returncode == code, out.stderr
+    assert text in getattr(out, stream)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

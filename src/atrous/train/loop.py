@@ -99,10 +99,13 @@ def fit(
     ``until(record)`` ends training after the first epoch whose metrics record satisfies it."""
     console = console or Console()
     d = setup(cfg.device)
+    finished = False
     try:
-        return Trainer(cfg, resume, overwrite, console, d).run(until)
+        result = Trainer(cfg, resume, overwrite, console, d).run(until)
+        finished = True
+        return result
     finally:
-        teardown(d)
+        teardown(d, finished)
 
 
 @dataclass
