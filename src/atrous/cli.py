@@ -582,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except AtrousError as exc:
-        print(f"atrous: error: {exc}", file=sys.stderr)
+        print(f"atrous: error: {exc.for_cli()}", file=sys.stderr)
         return 2
 
 

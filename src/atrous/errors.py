@@ -14,6 +14,37 @@ from collections.abc import Iterable
 class AtrousError(Exception):
     """Base class of errors caused by user input."""
 
+    def for_cli(self) -> str:
+        """The message as the command line shows it."""
+        return str(self)
+
+
+# Marks an option's name inside an OptionError message. NUL cannot occur in a path or a spec, so values
+# formatted into the message are never taken for a mark.
+_MARK = "\0"
+
+
+def option(name: str) -> str:
+    """``name`` (a Python parameter such as ``batch_size``) marked for an ``OptionError`` message."""
+    return f"{_MARK}{name}{_MARK}"
+
+
+class OptionError(AtrousError):
+    """An error that names options: Python callers read the parameter (``batch_size``), the command line its
+    flag (``--batch-size``), from one message written with ``option(...)`` marks."""
+
+    def __init__(self, message: str) -> None:
+        self.marked = message
+        super().__init__(self._render(lambda name: name))
+
+    def _render(self, spell) -> str:
+        parts = self.marked.split(_MARK)
+        parts[1::2] = [spell(name) for name in parts[1::2]]
+        return "".join(parts)
+
+    def for_cli(self) -> str:
+        return self._render(lambda name: "--" + name.replace("_", "-"))
+
 
 class ModelError(AtrousError):
     """A model name, factory path or model argument that cannot be used."""

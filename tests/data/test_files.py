@@ -108,8 +108,9 @@ def test_every_problem_is_reported_with_its_file(tmp_path: Path) -> None:
         ("value.png", "bad-value"),
     }
     assert total == 7  # pairs found by name, problems included
-    with pytest.raises(DatasetError, match=r"problem\(s\) in .*--skip-bad"):
+    with pytest.raises(DatasetError, match=r"problem\(s\) in .*pass skip_bad to leave") as caught:
         build_dataset(f"folder:{root}", check=True)
+    assert "pass --skip-bad to leave" in caught.value.for_cli()
     ds = build_dataset(f"folder:{root}", check=True, skip_bad=True)
     assert len(ds) == 3 and len(ds.skipped) == 6
 

@@ -18,7 +18,7 @@ from PIL import Image
 import atrous
 from atrous.cli import main
 from atrous.train.checkpoint import CheckpointError, load_into
-from atrous.train.config import TrainConfig
+from atrous.train.config import ConfigError, TrainConfig
 from atrous.train.loop import TIMING_KEYS, TrainingDiverged, fit
 from datasets import folder_dataset
 from poison import poison_loss
@@ -227,6 +227,34 @@ def test_existing_runs_are_protected(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main([*args, "--resume", "--lr", "0.5"]) == 2
     assert "--resume with a changed config: lr differ" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_python_callers_read_parameter_names_and_the_cli_reads_flags(tmp_path: Path) -> None:
+    """One message, two spellings: ``fit(TrainConfig(batch_size=0))`` names ``batch_size``, the CLI
+    ``--batch-size``; values formatted into the message (a path with braces) are left as they are."""
+    out = tmp_path / "{run}"
+    with pytest.raises(ConfigError) as caught:
+        fit(
+            TrainConfig(
+                model="convstack:width=4", data="shapes:size=16,n=8", epochs=1, batch_size=0, out=str(out)
+            )
+        )
+    assert str(caught.value) == "batch_size must be >= 1, got 0"
+    assert caught.value.for_cli() == "--batch-size must be >= 1, got 0"
+    cfg = TrainConfig(
+        model="convstack:width=4", data="shapes:size=16,n=8", steps=1, batch_size=4, out=str(out)
+    )
+    fit(cfg)
+    with pytest.raises(ConfigError) as caught:
+        fit(cfg)
+    assert str(caught.value) == (
+        f"{out} already holds another run; pass overwrite to replace it, resume to continue it, or choose "
+        "another out"
+    )
+    assert caught.value.for_cli().endswith(
+        "pass --overwrite to replace it, --resume to continue it, or choose another --out"
+    )
+    assert caught.value.for_cli().startswith(f"{out} already")
 
 
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -16,13 +16,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from atrous.data.transforms import JointAugment, normalize
-from atrous.errors import AtrousError
+from atrous.errors import OptionError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_MODES = ("L", "P", "I;16", "I")
 
 
-class DatasetError(AtrousError):
+class DatasetError(OptionError):
     """A dataset that cannot be used as given (missing, unpaired, corrupt or mislabelled files)."""
 
 

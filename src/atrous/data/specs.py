@@ -21,7 +21,7 @@ from atrous.data.files import (
 )
 from atrous.data.synthetic import TASKS
 from atrous.data.transforms import JointAugment
-from atrous.errors import SpecError, did_you_mean
+from atrous.errors import SpecError, did_you_mean, option
 from atrous.spec import parse_kwargs
 
 REAL = ("folder", "voc")
@@ -128,7 +128,7 @@ def build_dataset(
     if problems and not skip_bad:
         raise DatasetError(
             f"{len(problems)} problem(s) in {ds.path}, first: {problems[0].line()}; run `atrous data check "
-            f"{ds.path}` for the full list, or pass --skip-bad to leave those files out"
+            f"{ds.path}` for the full list, or pass {option('skip_bad')} to leave those files out"
         )
     bad = {p.path for p in problems}
     kept = [p for p in pairs if str(p.image) not in bad and str(p.mask) not in bad]

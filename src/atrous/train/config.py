@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from atrous.errors import AtrousError
+from atrous.errors import OptionError, option
 
 
-class ConfigError(AtrousError):
-    """A training option that is out of range or inconsistent."""
+class ConfigError(OptionError):
+    """A training option that is out of range or inconsistent (named as a parameter in Python, a flag in
+    the CLI)."""
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -58,17 +59,21 @@ class TrainConfig:
 
     def validate(self) -> None:
         if not self.model or not self.data:
-            raise ConfigError("give --model and --data (or --config FILE, or --resume an existing run)")
+            raise ConfigError(
+                f"give {option('model')} and {option('data')} (or {option('config')} FILE, or "
+                f"{option('resume')} an existing run)"
+            )
         if (self.epochs is None) == (self.steps is None):
-            raise ConfigError("give exactly one of --epochs or --steps")
+            raise ConfigError(f"give exactly one of {option('epochs')} or {option('steps')}")
         for name in ("epochs", "steps", "batch_size", "eval_batch_size", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+                raise ConfigError(f"{option(name)} must be >= 1, got {value}")
         if not 0 < self.lr <= 10:
-            raise ConfigError(f"--lr must be in (0, 10], got {self.lr}")
-        if self.warmup < 0 or self.weight_decay < 0 or self.workers < 0:
-            raise ConfigError("--warmup, --weight-decay and --workers must be >= 0")
+            raise ConfigError(f"{option('lr')} must be in (0, 10], got {self.lr}")
+        for name in ("warmup", "weight_decay", "workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{option(name)} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
@@ -76,16 +81,18 @@ class TrainConfig:
             ("precision", PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise ConfigError(
+                    f"{option(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
         if self.tensorboard:
             try:
                 import tensorboard  # noqa: F401
             except ImportError:
                 raise ConfigError(
-                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                    f"{option('tensorboard')} needs the tensorboard package: pip install tensorboard"
                 ) from None
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"--device {self.device!r}: use auto, cpu or cuda[:N]")
+            raise ConfigError(f"{option('device')} {self.device!r}: use auto, cpu or cuda[:N]")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

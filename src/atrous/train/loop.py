@@ -29,7 +29,7 @@ from rich.console import Console
 
 from atrous.data.synthetic import SyntheticTask
 from atrous.device import autocast, check_compile, check_precision, synchronize
-from atrous.errors import AtrousError
+from atrous.errors import OptionError, option
 from atrous.fileio import write_atomic
 from atrous.train import checkpoint as ckpt
 from atrous.train.batches import BatchStream, epoch_batches, rank_slice
@@ -54,7 +54,7 @@ TIMING_KEYS = ("seconds", "img_per_s")  # measured, so excluded when runs are co
 __all__ = ["TIMING_KEYS", "FitResult", "TrainingDiverged", "evaluate", "fit"]
 
 
-class TrainingDiverged(AtrousError):
+class TrainingDiverged(OptionError):
     """The loss became NaN or infinite."""
 
 
@@ -269,7 +269,8 @@ class Trainer:
             else "no checkpoint had been written yet"
         )
         raise TrainingDiverged(
-            f"{what} at step {step} (epoch {self.state.epoch + 1}); {where}; lower --lr or add --warmup"
+            f"{what} at step {step} (epoch {self.state.epoch + 1}); {where}; "
+            f"lower {option('lr')} or add {option('warmup')}"
         )
 
     # -- epochs, checkpoints --------------------------------------------------------------------------------

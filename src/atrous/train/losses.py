@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from atrous.errors import AtrousError
+from atrous.errors import OptionError, option
 
 
 def _probs_and_onehot(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
@@ -70,8 +70,8 @@ def make_loss(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``dice``, ``ce``, ``bce`` or ``dice+ce``."""
     if name == "bce" and num_outputs > 2:
-        raise AtrousError(
-            f"--loss bce needs a binary model (1 or 2 outputs), this one has {num_outputs} classes"
+        raise OptionError(
+            f"{option('loss')} bce needs a binary model (1 or 2 outputs), this one has {num_outputs} classes"
         )
 
     def dice(lg: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -87,5 +87,5 @@ def make_loss(
         "dice+ce": lambda lg, t: dice(lg, t) + ce(lg, t),
     }
     if name not in table:
-        raise AtrousError(f"unknown loss {name!r}; use one of {', '.join(table)}")
+        raise OptionError(f"unknown {option('loss')} {name!r}; use one of {', '.join(table)}")
     return table[name]

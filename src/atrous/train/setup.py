@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from atrous.data import build_dataset
-from atrous.errors import ModelError
+from atrous.errors import ModelError, option
 from atrous.models.registry import create_model
 from atrous.spec import parse_kwargs, split_spec
 from atrous.train.config import ConfigError, TrainConfig
@@ -110,14 +110,16 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool, main: bool)
     saved = run / "config.json"
     if resume:
         if not saved.is_file():
-            raise ConfigError(f"--resume: {run} holds no run (no config.json); start it without --resume")
+            raise ConfigError(
+                f"{option('resume')}: {run} holds no run (no config.json); start it without {option('resume')}"
+            )
         old = TrainConfig.from_file(saved)
         if cfg.model or cfg.data:
             diff = old.differences(cfg)
             if diff:
                 raise ConfigError(
-                    f"--resume with a changed config: {', '.join(diff)} differ from {saved}; resume "
-                    "with the same options (or none), or start a new run with another --out"
+                    f"{option('resume')} with a changed config: {', '.join(diff)} differ from {saved}; resume "
+                    f"with the same options (or none), or start a new run with another {option('out')}"
                 )
         merged = TrainConfig.from_json(
             {**old.to_json(), **{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE}}
@@ -126,8 +128,8 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool, main: bool)
     if run.exists() and any(run.iterdir()) and not overwrite:
         what = "another run" if saved.is_file() else "files that are not an atrous run"
         raise ConfigError(
-            f"{run} already holds {what}; pass --overwrite to replace it, --resume to continue "
-            "it, or choose another --out"
+            f"{run} already holds {what}; pass {option('overwrite')} to replace it, {option('resume')} to "
+            f"continue it, or choose another {option('out')}"
         )
     return run, cfg
 
@@ -146,7 +148,8 @@ def load_datasets(cfg: TrainConfig):
     val_spec = cfg.val if cfg.val is not None else default_val_spec(cfg.data)
     if val_spec is None:
         raise ConfigError(
-            f"give --val for {split_spec(cfg.data)[0]} data (or --val none to train without one)"
+            f"give {option('val')} for {split_spec(cfg.data)[0]} data (or {option('val')} none to train "
+            "without one)"
         )
     if val_spec == "none":
         return train_set, None
@@ -177,7 +180,7 @@ def plan_steps(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, int, bo
     """(total steps, epochs, drop_last): under DDP a partial last batch would not split evenly across ranks."""
     if world > 1 and cfg.batch_size % world:
         raise ConfigError(
-            f"--batch-size {cfg.batch_size} is the global batch: it must divide by the {world} ranks"
+            f"{option('batch_size')} {cfg.batch_size} is the global batch: it must divide by the {world} ranks"
         )
     drop_last = world > 1
     steps_per_epoch = n_train // cfg.batch_size if drop_last else math.ceil(n_train / cfg.batch_size)
