@@ -13,14 +13,15 @@ def scale_task(p: Preset) -> str:
     return f"scale:size={p.size},n={p.n},small={p.scale_small},large={p.scale_large}"
 
 
-def job(p: Preset, model: str, data: str, seed: int, label: str) -> Job:
-    return Job(model, data, seed, p.steps, p.batch_size, p.lr, label=label)
+def job(p: Preset, model: str, data: str, seed: int, label: str, steps: int | None = None) -> Job:
+    """A run of the preset's settings; ``steps`` given: exactly that many steps, without the convergence rule."""
+    return Job(model, data, seed, steps or p.steps, p.batch_size, p.lr, stop_early=steps is None, label=label)
 
 
 def runs(
-    results: dict[str, dict], p: Preset, model: str, data: str, seeds: list[int]
+    results: dict[str, dict], p: Preset, model: str, data: str, seeds: list[int], steps: int | None = None
 ) -> list[dict[str, Any]]:
-    return [results[job(p, model, data, s, "").key] for s in seeds]
+    return [results[job(p, model, data, s, "", steps).key] for s in seeds]
 
 
 def final(per_seed: list[dict], metric: str) -> list[float]:

@@ -40,7 +40,7 @@ def models_of(contests: list[Contest]) -> list[Model]:
 
 def jobs(p: Preset, plan: list[tuple[Regime, list[Contest]]], seeds: list[int], key: str) -> list[Job]:
     return [
-        common.job(p, m.spec, regime.data, s, f"{key} {m.label}, regime ({regime.key}), seed {s}")
+        common.job(p, m.spec, regime.data, s, f"{key} {m.label}, regime ({regime.key}), seed {s}", m.steps)
         for regime, contests in plan
         for m in models_of(contests)
         for s in seeds
@@ -57,8 +57,16 @@ def section(
     run_dir,
 ) -> Section:
     s = Section(key, title, f"atrous lab --only {key} --preset {p.name}")
+    fixed: dict[int, list[str]] = {}
+    for m in {m.label: m for _, contests in plan for m in models_of(contests) if m.steps}.values():
+        fixed.setdefault(m.steps, []).append(m.label)
+    exceptions = "".join(
+        f"; {' and '.join(labels)}: exactly {steps} steps, without the stopping rule"
+        for steps, labels in fixed.items()
+    )
     s.paragraphs.append(
-        f"Each model trained up to {p.steps} steps (batch {p.batch_size}, AdamW lr {p.lr}, Dice+CE; "
+        f"Each model trained up to {p.steps} steps{exceptions} (batch {p.batch_size}, "
+        f"AdamW lr {p.lr}, Dice+CE; "
         f"{CONVERGENCE}), seeds {seeds}; a seed fixes data, initialisation and order, so comparisons are "
         f"paired by seed. Metrics: validation split, {AGGREGATION}. {VERDICT_RULES}"
     )
@@ -87,7 +95,7 @@ def regime_part(s: Section, p, regime: Regime, contests: list[Contest], seeds, r
             f"2 x {regime.small} + 1 = {regime.need}. The engine's prediction, stated before training:",
         )
     )
-    runs = {m.spec: common.runs(results, p, m.spec, regime.data, seeds) for m in models_of(contests)}
+    runs = {m.spec: common.runs(results, p, m.spec, regime.data, seeds, m.steps) for m in models_of(contests)}
     model_rows, models_out = [], {}
     for m in models_of(contests):
         miou, small = common.estimate(runs[m.spec], "miou"), common.estimate(runs[m.spec], "iou:1")

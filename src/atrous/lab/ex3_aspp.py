@@ -7,6 +7,7 @@ pixels per side)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,8 +41,11 @@ def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:
         _, dilated = design.unets(p.unet_width, p.unet_depth, p.max_rate, regime.size)
         contests = [
             compare.Contest(
-                d("context module", ctx),
-                d("context, rates 1", f"{ctx},context_rates={design.UNDILATED_CONTEXT}"),
+                replace(d("context module", ctx), steps=p.context_steps),
+                replace(
+                    d("context, rates 1", f"{ctx},context_rates={design.UNDILATED_CONTEXT}"),
+                    steps=p.context_steps,
+                ),
                 "rf",
                 "miou",
             ),

@@ -47,6 +47,7 @@ class Job:
     lr: float
     loss: str = "dice+ce"
     warmup: int = 0
+    stop_early: bool = True  # the convergence rule; False: train all ``steps``
     label: str = ""  # for the progress display only
 
     @property
@@ -94,7 +95,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         # A dilated U-Net's bottleneck alone may be gridded; the lab chose its rates because the whole network
         # is hole-free (design.py), which the warning about the bottleneck cannot know.
         warnings.simplefilter("ignore", GriddingWarning)
-        result = fit(cfg, overwrite=True, console=Console(quiet=True), until=stop)
+        result = fit(cfg, overwrite=True, console=Console(quiet=True), until=stop if job.stop_early else None)
         model = load(run_dir / "last")
     from atrous.data import build_dataset
 
