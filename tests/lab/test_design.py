@@ -84,3 +84,27 @@ def test_size_class_needs_of_the_multiscale_task() -> None:
 
     # 4, 12, 36 px: the two smaller classes need both ends in view; the largest, a run longer than 12 px
     assert [class_need([4, 12, 36], c) for c in range(3)] == [9, 25, 25]
+
+
+def test_the_context_pair_trains_a_fixed_budget_and_the_rest_stop_when_converged() -> None:
+    """Exercise 3's context module and its twin get the same fixed step count (a paired, matched contest);
+    every other quick job keeps the preset's limit and the stopping rule."""
+    p = get_preset("quick")
+    jobs = ex3_aspp.jobs(p, [0, 1, 2])
+    fixed = [j for j in jobs if not j.stop_early]
+    assert {j.model.split(",")[0] for j in fixed} == {f"context:front_width={p.context_width}"}
+    assert len(fixed) == 2 * 2 * 3  # two models, two regimes, three seeds
+    assert {j.steps for j in fixed} == {p.context_steps}
+    assert all(j.steps == p.steps for j in jobs if j.stop_early)
+
+
+def test_a_job_without_the_stopping_rule_runs_all_its_steps(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atrous.lab import jobs
+
+    monkeypatch.setattr(jobs, "converged", lambda history: True)  # the rule would stop after one epoch
+    job = Job("convstack:width=4", "shapes:size=16,n=16", 0, 8, 4, 1e-3)
+    assert jobs.run_job(job, str(tmp_path))["steps"] == 4
+    fixed = Job("convstack:width=4", "shapes:size=16,n=16", 0, 8, 4, 1e-3, stop_early=False)
+    assert jobs.run_job(fixed, str(tmp_path))["steps"] == 8
