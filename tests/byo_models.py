@@ -114,3 +114,24 @@ def chained_download() -> nn.Module:
 
 
 instance = nn.Conv2d(1, 1, 3)  # a module object, not a factory
+
+
+class HalfResNet(nn.Module):
+    """Like an smp model class with its data arguments (``in_channels``, ``classes``), but its logits come out
+    at half the input's resolution (as many transformer decoders do); the encoder weights download."""
+
+    def __init__(
+        self,
+        encoder_name: str = "tiny",
+        encoder_weights: str | None = "imagenet",
+        in_channels: int = 3,
+        classes=1,
+    ) -> None:
+        super().__init__()
+        if encoder_weights is not None:
+            raise LocalEntryNotFoundError(HUB_MESSAGE)
+        self.body = nn.Sequential(_conv(in_channels, 8, stride=2), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

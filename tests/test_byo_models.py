@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import atrous
 from atrous.cli import main
 from atrous.errors import ModelError, SpecError
 from atrous.models.registry import download_failure, resolve_model
@@ -337,3 +338,101 @@ def test_byo_errors_are_one_line_with_exit_2(
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("atrous: error: ") and message in err
+
+
+# ---- training a model from outside the zoo --------------------------------------------------------------
+def test_train_an_import_path_model_then_load_and_evaluate_it(tmp_path: Path, capsys) -> None:
+    """The factory gets the data's class count through its own argument, the config records it, and
+    ``atrous.load`` rebuilds the same model: its metrics on the validation split are the run's last ones."""
+    from atrous.data import build_dataset
+    from atrous.models.foreign import ForeignSegmenter
+    from atrous.train.evaluate import evaluate
+
+    out = tmp_path / "run"
+    data = "shapes:size=32,n=32"
+    spec = f"byo_models:seg_net:{NO_WEIGHTS}"
+    code, _, err = run(
+        capsys,
+        "train",
+        "--model",
+        spec,
+        "--data",
+        data,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["model_kwargs"] == {"num_classes": 2}
+    model = atrous.load(out / "last")
+    assert isinstance(model, ForeignSegmenter) and model.num_classes == 2
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    val = build_dataset(f"{data},split=val", split="val")
+    assert evaluate(model, val, 8)["miou"] == pytest.approx(last["val"]["miou"], abs=1e-6)
+
+
+def test_the_auxiliary_output_of_a_dict_model_is_trained(tmp_path: Path) -> None:
+    """``{"out", "aux"}`` outputs (torchvision's): the aux logits enter the loss with ``aux_weight``."""
+    from atrous.train.config import TrainConfig
+    from atrous.train.loop import fit
+
+    def first_loss(aux_weight: float) -> float:
+        cfg = TrainConfig(
+            model=f"byo_models:seg_net:{NO_WEIGHTS}",
+            data="shapes:size=32,n=16",
+            steps=2,
+            batch_size=8,
+            aux_weight=aux_weight,
+            out=str(tmp_path / str(aux_weight)),
+        )
+        return fit(cfg).history[0]["train_loss"]
+
+    assert first_loss(0.5) > first_loss(0.0) * 1.2
+
+
+def test_smp_style_arguments_and_low_resolution_logits(tmp_path: Path, capsys) -> None:
+    """``classes`` and ``in_channels`` are filled from the data; half-resolution logits are resized to the
+    input, so the model trains, loads and predicts at any size."""
+    out = tmp_path / "run"
+    code, _, err = run(
+        capsys,
+        "train",
+        "--model",
+        "byo_models:HalfResNet:encoder_weights=None",
+        "--data",
+        "shapes:size=32,n=16",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["model_kwargs"] == {"classes": 2, "in_channels": 3}
+    assert atrous.load(out)(torch.zeros(1, 3, 37, 50)).shape == (1, 2, 37, 50)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (f"byo_models:seg_net:{NO_WEIGHTS},num_classes=5", "predicts 5 classes but the data has 2; give its"),
+        (
+            "byo_models:seg_net",
+            "it tried to download weights (offline?): pass weights=None, weights_backbone",
+        ),
+        ("byo_models:DataclassNet", "cannot take a (3, 32, 32) input: RuntimeError"),
+    ],
+)
+def test_import_path_models_that_cannot_train_are_one_line(
+    tmp_path: Path, capsys, spec: str, message: str
+) -> None:
+    out = tmp_path / "run"
+    code, _, err = run(
+        capsys, "train", "--model", spec, "--data", "shapes:size=32,n=16", "--steps", "1", "--out", str(out)
+    )
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()

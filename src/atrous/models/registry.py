@@ -192,13 +192,25 @@ def _import_target(module_name: str, attr: str, spec: str) -> Any:
     return target
 
 
+def in_zoo(spec: str) -> bool:
+    return split_spec(spec)[0] in _REGISTRY
+
+
+def factory_parameters(spec: str) -> dict[str, inspect.Parameter] | None:
+    """The parameters of an import path's factory (None where its signature cannot be read)."""
+    path = split_import_path(spec)
+    if path is None:
+        return None
+    return _parameters(_import_target(path[0], path[1], spec))
+
+
 def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
     """A zoo spec, or ``package.module:factory[:key=value,...]`` (a callable returning an ``nn.Module``, the
     class, or a module instance); ``kwargs`` override the spec's arguments. A factory that raises becomes one
     ``ModelError`` line naming it, the exception, and the arguments that stop a download when it tried one."""
-    name = split_spec(spec)[0]
-    if name in _REGISTRY:
+    if in_zoo(spec):
         return create_model(spec, **kwargs)
+    name = split_spec(spec)[0]
     path = split_import_path(spec)
     if path is None:
         raise ModelError(

@@ -14,7 +14,8 @@ from atrous.data.files import IMAGE_SUFFIXES, load_image, voc_palette
 from atrous.data.preview import overlay, to_rgb
 from atrous.data.transforms import normalize
 from atrous.errors import AtrousError
-from atrous.models.registry import create_model
+from atrous.models.foreign import build_foreign
+from atrous.models.registry import create_model, in_zoo
 from atrous.train import checkpoint as ckpt
 
 
@@ -34,7 +35,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     ``model.atrous_meta`` holds the class names, palette and input normalisation it was trained with."""
     cdir = checkpoint_dir(path)
     meta = ckpt.verify(cdir)
-    model = create_model(meta["model"], **meta.get("model_kwargs", {}))
+    kwargs = meta.get("model_kwargs", {})
+    if in_zoo(meta["model"]):
+        model = create_model(meta["model"], **kwargs)
+    else:  # an import path: the factory must be importable here, as it was where the run trained
+        model = build_foreign(meta["model"], kwargs, meta.get("in_channels", 3))
     ckpt.load_into(model, cdir)
     model.atrous_meta = meta
     return model.to(device).eval()

@@ -160,7 +160,6 @@ class Trainer:
         self.val_stream = (
             BatchStream(self.val_set, d.device, cfg.workers, on_device) if self.val_set is not None else None
         )
-        self.has_aux = getattr(self.model, "aux_classifier", None) is not None
         self.first_step_seconds: float | None = None
 
     # -- the run ----------------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ class Trainer:
         with autocast(self.d.device, self.cfg.precision):
             out, aux = self.net(x)
             loss = self.loss_fn(out.float(), y)
-            if self.has_aux and aux is not None:
+            if aux is not None:
                 loss = loss + self.cfg.aux_weight * self.loss_fn(aux.float(), y)
         value = loss.detach().float()
         self.sums.loss += (value * len(x)).double()
@@ -346,6 +345,7 @@ class Trainer:
             "palette": [list(c) for c in getattr(ds, "palette", None) or []] or None,
             "ignore_index": self.ignore,
             "normalization": "imagenet" if not isinstance(ds, SyntheticTask) else "none",
+            "in_channels": self.model.in_channels,
         }
 
     # -- starting and resuming -------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import torch
 
 from atrous.data import build_dataset
 from atrous.errors import ModelError, option
-from atrous.models.registry import create_model
+from atrous.models.foreign import build_foreign, data_arguments
+from atrous.models.registry import create_model, in_zoo
 from atrous.spec import parse_kwargs, split_spec
 from atrous.train.config import ConfigError, TrainConfig
 
@@ -166,6 +167,8 @@ def build_model(cfg: TrainConfig, train_set) -> tuple[torch.nn.Module, TrainConf
     arguments the data implied (a new config: the caller's is left as it was). Built once; rebuilt, reseeded,
     only when the data changes its class count or input channels."""
     torch.manual_seed(cfg.seed)
+    if not in_zoo(cfg.model):
+        return build_foreign_model(cfg, train_set)
     model = create_model(cfg.model, **cfg.model_kwargs)
     if cfg.model_kwargs:
         return model, cfg
@@ -174,6 +177,22 @@ def build_model(cfg: TrainConfig, train_set) -> tuple[torch.nn.Module, TrainConf
         return model, cfg
     torch.manual_seed(cfg.seed)
     return create_model(cfg.model, **kwargs), replace(cfg, model_kwargs=kwargs)
+
+
+def build_foreign_model(cfg: TrainConfig, train_set) -> tuple[torch.nn.Module, TrainConfig]:
+    """An import-path model: the data's class count and channels go through the factory's own arguments (the
+    config records them, so ``atrous.load`` rebuilds the same model); a class count that still differs from the
+    data's is refused."""
+    n = train_set.num_classes
+    kwargs = data_arguments(cfg.model, cfg.model_kwargs, n, train_set.in_channels)
+    side = min(train_set[0][0].shape[-2:])
+    model = build_foreign(cfg.model, kwargs, train_set.in_channels, side)
+    if not (model.num_classes == n or (model.num_classes == 1 and n == 2)):
+        raise ModelError(
+            f"model {cfg.model!r} predicts {model.num_classes} classes but the data has {n}; give its factory "
+            f"{n} classes in the spec (torchvision: num_classes={n}, segmentation_models_pytorch: classes={n})"
+        )
+    return model, cfg if kwargs == cfg.model_kwargs else replace(cfg, model_kwargs=kwargs)
 
 
 def plan_steps(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, int, bool]:
