@@ -135,3 +135,17 @@ class HalfResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+class PooledContext(nn.Module):
+    """Image-level context through BatchNorm after global pooling, as torchvision's ASPP pooling branch: it
+    cannot train on a batch of one sample."""
+
+    def __init__(self, num_classes: int = 2) -> None:
+        super().__init__()
+        self.conv = _conv(3, num_classes)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y + self.pool(y)

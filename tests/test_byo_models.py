@@ -436,3 +436,47 @@ def test_import_path_models_that_cannot_train_are_one_line(
     )
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("n", "refused"), [(17, True), (18, False)])
+def test_epochs_ending_on_a_batch_the_model_cannot_train_on_are_refused_first(
+    tmp_path: Path, capsys, n: int, refused: bool
+) -> None:
+    """17 samples at batch 8 end every epoch on one sample; BatchNorm after global pooling cannot train on it.
+    Said before anything is written, with the fix; 18 samples train."""
+    out = tmp_path / "run"
+    code, _, err = run(
+        capsys,
+        "train",
+        "--model",
+        "byo_models:PooledContext",
+        "--data",
+        f"shapes:size=16,n={n}",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+    )
+    if refused:
+        assert code == 2 and err.count("\n") == 1, err
+        assert "17 training samples at --batch-size 8 end every epoch on a batch of 1" in err
+        assert "Expected more than 1 value per channel" in err
+        assert not out.exists()
+    else:
+        assert code == 0, err
+
+
+def test_the_batch_of_one_probe_leaves_the_model_as_it_was() -> None:
+    from atrous.models.foreign import batch_of_one_failure
+    from atrous.models.registry import create_model
+    from byo_models import PooledContext
+
+    model = create_model("deeplabv3_small", num_classes=2).eval()  # zoo models train on one sample
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert batch_of_one_failure(model, 3, 32) is None
+    assert not model.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(batch_of_one_failure(PooledContext(), 3, 16), ValueError)

@@ -66,6 +66,12 @@ class SpecError(AtrousError):
     """A malformed ``name:key=value`` specification string."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception of someone else's code as ``Type: first line of its message``."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ``; did you mean ...?`` suffix naming the closest choices, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from atrous.errors import ModelError
+from atrous.errors import ModelError, one_line
 from atrous.models.base import Segmenter, resize_to
 from atrous.models.registry import factory_parameters, resolve_model
 from atrous.rf.outputs import named_outputs
@@ -83,9 +83,8 @@ def build_foreign(
     except ModelError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelError(
-            f"{spec!r} cannot take a ({in_channels}, {side}, {side}) input: {type(exc).__name__}: {first}; give "
+            f"{spec!r} cannot take a ({in_channels}, {side}, {side}) input: {one_line(exc)}; give "
             "the factory the data's input channels (e.g. in_channels=...) or use data it accepts"
         ) from exc
     model.train(was_training)
@@ -94,3 +93,20 @@ def build_foreign(
             f"{spec!r} returns logits of shape {tuple(main.shape)}; atrous trains (N, classes, H, W) outputs"
         )
     return ForeignSegmenter(model, in_channels, int(main.shape[1]))
+
+
+def batch_of_one_failure(model: nn.Module, in_channels: int, side: int) -> Exception | None:
+    """What a training-mode forward on one sample raises (BatchNorm after global pooling, as in torchvision's
+    ASPP, cannot normalise one value per channel), or None. Buffers, mode and the RNG are left as they were."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model(torch.zeros(1, in_channels, side, side))
+    except Exception as exc:  # the model's own failure: reported by the caller, with the fix
+        return exc
+    finally:
+        model.load_state_dict(saved)
+        model.train(was_training)
+    return None

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from atrous.errors import AtrousError, ModelError, did_you_mean
+from atrous.errors import AtrousError, ModelError, did_you_mean, one_line
 from atrous.spec import parse_kwargs, split_import_path, split_spec, with_kwargs
 
 
@@ -159,20 +159,15 @@ def _weights_fix(factory: Callable, spec: str, kwargs: dict[str, Any]) -> str:
     return f"pass {', '.join(f'{n}=None' for n in names)}, e.g. {fixed!r}"
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def _factory_failure(factory: Callable, spec: str, name: str, kwargs: dict[str, Any], exc: Exception) -> str:
     called = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     cause = download_failure(exc)
     if cause is None:
-        return f"{called} raised {_one_line(exc)}; check its arguments (run it in Python for the traceback)"
+        return f"{called} raised {one_line(exc)}; check its arguments (run it in Python for the traceback)"
     # A library often wraps the network error in its own: name both, the user searches for either.
-    via = "" if cause is exc else f" (from {_one_line(cause)})"
+    via = "" if cause is exc else f" (from {one_line(cause)})"
     return (
-        f"{called} raised {_one_line(exc)}{via}; it tried to download weights (offline?): "
+        f"{called} raised {one_line(exc)}{via}; it tried to download weights (offline?): "
         f"{_weights_fix(factory, spec, kwargs)}"
     )
 

@@ -42,6 +42,7 @@ from atrous.train.metrics import AGGREGATION
 from atrous.train.setup import (
     WithAux,
     build_model,
+    check_last_batch,
     load_datasets,
     make_optimizer,
     make_schedule,
@@ -145,6 +146,7 @@ class Trainer:
         self.ignore = getattr(self.train_set, "ignore_index", 255)
         self.loss_fn = make_loss(cfg.loss, self.model.num_classes, cfg.dice_per_image, self.ignore)
         self.total, self.epochs, self.drop_last = plan_steps(cfg, len(self.train_set), d.world)
+        check_last_batch(self.model, cfg, self.train_set, self.drop_last)
         self.model.to(d.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)

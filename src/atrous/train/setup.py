@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from atrous.data import build_dataset
-from atrous.errors import ModelError, option
-from atrous.models.foreign import build_foreign, data_arguments
+from atrous.errors import ModelError, one_line, option
+from atrous.models.foreign import batch_of_one_failure, build_foreign, data_arguments
 from atrous.models.registry import create_model, in_zoo
 from atrous.spec import parse_kwargs, split_spec
 from atrous.train.config import ConfigError, TrainConfig
@@ -193,6 +193,21 @@ def build_foreign_model(cfg: TrainConfig, train_set) -> tuple[torch.nn.Module, T
             f"{n} classes in the spec (torchvision: num_classes={n}, segmentation_models_pytorch: classes={n})"
         )
     return model, cfg if kwargs == cfg.model_kwargs else replace(cfg, model_kwargs=kwargs)
+
+
+def check_last_batch(model: torch.nn.Module, cfg: TrainConfig, train_set, drop_last: bool) -> None:
+    """Refuse, before anything is written, a run whose epochs end on a batch of one sample that the model
+    cannot train on (zoo models can; torchvision's DeepLab cannot)."""
+    n = len(train_set)
+    if drop_last or n % cfg.batch_size != 1:
+        return
+    failure = batch_of_one_failure(model, model.in_channels, min(train_set[0][0].shape[-2:]))
+    if failure is not None:
+        raise ConfigError(
+            f"{n} training samples at {option('batch_size')} {cfg.batch_size} end every epoch on a batch of 1, "
+            f"which model {cfg.model!r} cannot train on ({one_line(failure)}); choose a batch size that leaves "
+            "0 or at least 2 samples over"
+        )
 
 
 def plan_steps(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, int, bool]:
