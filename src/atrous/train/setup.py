@@ -36,6 +36,11 @@ def default_val_spec(data: str) -> str | None:
     return None
 
 
+def classes_fit(outputs: int, classes: int) -> bool:
+    """A model with ``outputs`` logit channels can learn ``classes`` (one logit serves a binary task)."""
+    return outputs == classes or (outputs == 1 and classes == 2)
+
+
 def resolve_model_kwargs(
     cfg: TrainConfig, num_classes: int, in_channels: int, probe: torch.nn.Module
 ) -> dict[str, Any]:
@@ -51,8 +56,7 @@ def resolve_model_kwargs(
                 f"{in_channels}; drop in_channels from the spec or set it to {in_channels}"
             )
         kwargs["in_channels"] = in_channels
-    compatible = probe.num_classes == num_classes or (probe.num_classes == 1 and num_classes == 2)
-    if not compatible:
+    if not classes_fit(probe.num_classes, num_classes):
         if "num_classes" in given:  # the user asked for it: a mismatch is an error, not something to fix
             raise ModelError(
                 f"model {cfg.model!r} predicts {probe.num_classes} classes but the data has {num_classes}; "
@@ -187,7 +191,7 @@ def build_foreign_model(cfg: TrainConfig, train_set) -> tuple[torch.nn.Module, T
     kwargs = data_arguments(cfg.model, cfg.model_kwargs, n, train_set.in_channels)
     side = min(train_set[0][0].shape[-2:])
     model = build_foreign(cfg.model, kwargs, train_set.in_channels, side)
-    if not (model.num_classes == n or (model.num_classes == 1 and n == 2)):
+    if not classes_fit(model.num_classes, n):
         raise ModelError(
             f"model {cfg.model!r} predicts {model.num_classes} classes but the data has {n}; give its factory "
             f"{n} classes in the spec (torchvision: num_classes={n}, segmentation_models_pytorch: classes={n})"
