@@ -192,7 +192,11 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 TRAIN_OPTIONS = {  # flag -> (TrainConfig field, type, help)
-    "--model": ("model", str, "model spec, e.g. unet:width=16"),
+    "--model": (
+        "model",
+        str,
+        "zoo spec (unet:width=16) or import path (package.module:factory:key=value,...)",
+    ),
     "--data": ("data", str, "training data spec, e.g. scale:size=64"),
     "--val": (
         "val",
