@@ -213,6 +213,7 @@ TRAIN_OPTIONS = {  # flag -> (TrainConfig field, type, help)
     "--weight-decay": ("weight_decay", float, "weight decay"),
     "--schedule": ("schedule", str, "poly, cosine, step or constant"),
     "--warmup": ("warmup", int, "linear warm-up steps"),
+    "--ema": ("ema", float, "validate and save an exponential moving average of the weights, decay per step"),
     "--loss": ("loss", str, "dice, ce, bce or dice+ce"),
     "--aux-weight": ("aux_weight", float, "weight of DeepLab's auxiliary loss"),
     "--seed": ("seed", int, "the one seed of the run"),
@@ -371,8 +372,19 @@ def cmd_erf(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from atrous.lab.runner import run_lab
+    from atrous.lab.runner import audit_lab, run_lab
 
+    if args.audit:
+        summary = audit_lab(
+            device=str(resolve_device(args.device)),
+            preset=args.preset,
+            out=args.out if args.out != "runs/lab" else "runs/lab-audit",
+            only=args.only,
+            seeds=args.seeds,
+            workers=args.workers,
+            console=console,
+        )
+        return 0 if summary["meets_target"] else 1
     run_lab(
         device=str(resolve_device(args.device)),
         preset=args.preset,
@@ -569,6 +581,12 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--only", help="comma-separated exercises, e.g. ex2,ex5")
     p.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2); default from the preset")
     p.add_argument("--workers", type=int, help="parallel training processes (default: 2, one thread each)")
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="validate the stopping rule: train every configuration 3x its step cap on seeds the preset does "
+        "not report (default 40,41,42) and print what the rule left on the table (runs/lab-audit)",
+    )
     add_device(p, "cpu: parallel one-thread processes; cuda: several jobs share the GPU")
     p.set_defaults(func=cmd_lab)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from atrous.lab import calibrate, design, ex2_unets, ex3_aspp
-from atrous.lab.jobs import Job, converged
+from atrous.lab.jobs import Job
 from atrous.lab.presets import get_preset
+from atrous.lab.runner import EXERCISES
 
 
 def test_regime_a_needs_more_than_the_twin_sees_and_regime_b_less() -> None:
@@ -57,20 +58,6 @@ def test_predictions_state_their_reason() -> None:
     assert design.predict_stride(m(None, 8), m(18), 16)[0] == "tie"
 
 
-@pytest.mark.parametrize(
-    ("history", "stop"),
-    [
-        ([0.5, 0.996], True),  # converged
-        ([0.5, 0.6, 0.6], False),  # too early to judge (fewer than 4 epochs)
-        ([0.5, 0.6, 0.7, 0.8], False),  # still rising
-        ([0.5, 0.8, 0.803, 0.801, 0.804], True),  # three epochs without a gain above 0.005
-        ([0.5, 0.8, 0.803, 0.801, 0.806], False),
-    ],
-)
-def test_the_stopping_rule(history: list[float], stop: bool) -> None:
-    assert converged(history) is stop
-
-
 def test_calibration_costs_follow_flops() -> None:
     small = Job("unet:width=4,depth=1", "scale:size=32,n=32,small=4,large=8", 0, 10, 8, 1e-3)
     large = Job("unet:width=16,depth=1", "scale:size=48,n=32,small=4,large=8", 0, 10, 8, 1e-3)
@@ -86,16 +73,13 @@ def test_size_class_needs_of_the_multiscale_task() -> None:
     assert [class_need([4, 12, 36], c) for c in range(3)] == [9, 25, 25]
 
 
-def test_the_context_pair_trains_a_fixed_budget_and_the_rest_stop_when_converged() -> None:
-    """Exercise 3's context module and its twin get the same fixed step count (a paired, matched contest);
-    every other quick job keeps the preset's limit and the stopping rule."""
+def test_one_rule_for_every_job() -> None:
+    """No model gets its own step count: every quick job has the preset's cap and the stopping rule."""
     p = get_preset("quick")
-    jobs = ex3_aspp.jobs(p, [0, 1, 2])
-    fixed = [j for j in jobs if not j.stop_early]
-    assert {j.model.split(",")[0] for j in fixed} == {f"context:front_width={p.context_width}"}
-    assert len(fixed) == 2 * 2 * 3  # two models, two regimes, three seeds
-    assert {j.steps for j in fixed} == {p.context_steps}
-    assert all(j.steps == p.steps for j in jobs if j.stop_early)
+    jobs = [j for key in EXERCISES for j in EXERCISES[key].jobs(p, [0, 1, 2])]
+    assert {(j.steps, j.stop_early, j.lr, j.warmup, j.ema) for j in jobs} == {
+        (p.steps, True, p.lr, p.warmup, p.ema)
+    }
 
 
 def test_a_job_without_the_stopping_rule_runs_all_its_steps(
@@ -103,7 +87,9 @@ def test_a_job_without_the_stopping_rule_runs_all_its_steps(
 ) -> None:
     from atrous.lab import jobs
 
-    monkeypatch.setattr(jobs, "converged", lambda history: True)  # the rule would stop after one epoch
+    monkeypatch.setattr(
+        jobs.convergence, "should_stop", lambda history: True
+    )  # the rule would stop after one epoch
     job = Job("convstack:width=4", "shapes:size=16,n=16", 0, 8, 4, 1e-3)
     assert jobs.run_job(job, str(tmp_path))["steps"] == 4
     fixed = Job("convstack:width=4", "shapes:size=16,n=16", 0, 8, 4, 1e-3, stop_early=False)

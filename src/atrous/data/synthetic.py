@@ -25,6 +25,10 @@ a small square that takes a window of half-width ``s`` (the far end from a corne
 the noise-free image, so no model can label them better than the class prior
 (``tests/data/test_synthetic.py`` checks both directions on generated samples). For discs of diameter ``d``
 the same argument with chords gives at most ``2 d + 1``.
+
+That is a class's need; pixels differ. :meth:`SyntheticTask.need_map` gives each pixel of a ``scale`` or
+``multiscale`` sample of squares its own need (see :func:`need_block`): the centre of a small square needs far
+less than its corners, and a pixel of the largest class only a run longer than the next size.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from torch.utils.data import Dataset
 from atrous.errors import SpecError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
+CACHE_BYTES = 256 * 2**20  # a split at most this large is rendered once and kept (64 x 64: ~12,000 samples)
 
 
 @dataclass
@@ -118,6 +123,11 @@ class SyntheticTask(Dataset):
     name: ClassVar[str] = ""
     class_names: list[str] = field(default_factory=list, init=False)
     ignore_index: ClassVar[int] = 255
+    # Samples are pure functions of their index and never augmented, so a small task renders each once: the lab
+    # trains 20-30 epochs over the same 256 images, and drawing them took ~40 % of a small model's step.
+    _items: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -161,7 +171,27 @@ class SyntheticTask(Dataset):
         mask = render(objs, (self.size, self.size))
         return (mask > 0).astype(np.float32) * self.snr, mask, objs
 
+    def need_map(self, index: int) -> np.ndarray:
+        """Per-pixel needed RF of sample ``index`` (int64, H x W); only tasks of size classes have one."""
+        raise SpecError(
+            f"{self.name}: no per-pixel needed RF; only the scale and multiscale tasks (of squares) have size "
+            "classes"
+        )
+
+    @property
+    def cached(self) -> bool:
+        """Whether items are kept in memory: while the whole split (images and masks) fits in CACHE_BYTES."""
+        return self.n * self.size * self.size * (4 * self.channels + 8) <= CACHE_BYTES
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index in self._items:
+            return self._items[index]
+        item = self.render_item(index)
+        if self.cached:
+            self._items[index] = item
+        return item
+
+    def render_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         clean, mask, _ = self.sample(index)
         # Noise has its own stream, also a pure function of (seed, split, index).
         noise = np.random.default_rng([self.seed, SPLITS[self.split], index, 1]).standard_normal(
@@ -278,6 +308,14 @@ class Scale(SyntheticTask):
         """RF (per axis) that separates every pixel of a small object from large ones: ``2 * small + 1``."""
         return needed_rf(self.small)
 
+    @property
+    def extents(self) -> list[int]:
+        """Sides of the size classes, label order (as ``MultiScale.extents``)."""
+        return [self.small, self.large]
+
+    def need_map(self, index: int) -> np.ndarray:
+        return square_need_map(self, index, self.extents)
+
     def objects(self, rng: np.random.Generator) -> list[Obj]:
         return size_class_objects(self, rng, [self.small, self.large])
 
@@ -292,6 +330,54 @@ def size_class_objects(task: Scale | MultiScale, rng: np.random.Generator, exten
 
 def needed_rf(small: int) -> int:
     return 2 * small + 1
+
+
+def need_block(e: int, smaller: int | None, has_larger: bool) -> np.ndarray:
+    """Needed RF (int64, e x e) of each pixel of a square of side ``e``: the smallest odd ``2 h + 1`` whose
+    centred noise-free window tells the square, in isolation, from one of every other size class.
+    ``smaller``: the largest class side below ``e`` (None: none); ``has_larger``: whether some class is larger.
+
+    With half-width ``h``, a pixel at offset ``k`` along an axis sees ``v = min(e-1, k+h) - max(0, k-h) + 1``
+    of the square's extent along it. A smaller square cannot show a run longer than its side, so the window
+    rules out every smaller class once ``max(v_y, v_x) > smaller``; anything shorter along both axes a smaller
+    square can reproduce. A larger square differs only where its end lies beyond ours, so the window rules
+    out every larger class once it shows both ends along some axis: ``h >= max(k + 1, e - k)``. At ``h = e``
+    both hold for every pixel, so the need is at most ``2 e + 1`` (reached at the corners when a larger class
+    exists: ``needed_rf``)."""
+    h = np.arange(e + 1)[:, None]  # (h, k): candidate half-widths by offset along one axis
+    k = np.arange(e)[None, :]
+    if smaller is None:
+        beats_smaller = np.ones((e + 1, e, e), dtype=bool)
+    else:
+        longer = (np.minimum(e - 1, k + h) - np.maximum(0, k - h) + 1) > smaller  # (h, k)
+        beats_smaller = longer[:, :, None] | longer[:, None, :]  # (h, ky, kx): along either axis
+    if has_larger:
+        both_ends = h >= np.maximum(k + 1, e - k)  # (h, k)
+        beats_larger = both_ends[:, :, None] | both_ends[:, None, :]
+    else:
+        beats_larger = np.ones((e + 1, e, e), dtype=bool)
+    # First half-width at which both hold; the conditions only grow with h, and h = e satisfies them.
+    return 2 * np.argmax(beats_smaller & beats_larger, axis=0).astype(np.int64) + 1
+
+
+def square_need_map(task: Scale | MultiScale, index: int, extents: list[int]) -> np.ndarray:
+    """Per-pixel needed RF of sample ``index`` of a task of size classes ``extents``: background 1 (intensity
+    alone decides), each square's pixels their :func:`need_block`."""
+    if task.shape != "square":
+        raise SpecError(
+            f"{task.name}: per-pixel needs are derived for squares only, got shape={task.shape!r}; use "
+            "shape=square"
+        )
+    _, _, objs = task.sample(index)
+    sides = sorted(set(extents))
+    out = np.ones((task.size, task.size), dtype=np.int64)
+    for o in objs:
+        e = o.extent
+        below = [s for s in sides if s < e]
+        block = need_block(e, below[-1] if below else None, e < sides[-1])
+        y0, x0 = int(round(o.cy - e / 2)), int(round(o.cx - e / 2))  # as render() places a square
+        out[y0 : y0 + e, x0 : x0 + e] = block
+    return out
 
 
 @dataclass
@@ -326,6 +412,9 @@ class MultiScale(SyntheticTask):
 
     def objects(self, rng: np.random.Generator) -> list[Obj]:
         return size_class_objects(self, rng, self.extents)
+
+    def need_map(self, index: int) -> np.ndarray:
+        return square_need_map(self, index, self.extents)
 
 
 TASKS: dict[str, type[SyntheticTask]] = {"shapes": Shapes, "scale": Scale, "multiscale": MultiScale}

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from atrous.lab import common, plots
+from atrous.lab import common, convergence, plots
 from atrous.lab.design import Model, Regime, matched, predict_rf, predict_stride
-from atrous.lab.jobs import CONVERGENCE, Job
+from atrous.lab.jobs import Job
 from atrous.lab.presets import Preset
 from atrous.lab.report import Section, Table
-from atrous.lab.stats import VERDICT_RULES, agreement, compare_paired
+from atrous.lab.stats import VERDICT_RULES, judge
 from atrous.train.metrics import AGGREGATION
 
 
@@ -40,11 +40,36 @@ def models_of(contests: list[Contest]) -> list[Model]:
 
 def jobs(p: Preset, plan: list[tuple[Regime, list[Contest]]], seeds: list[int], key: str) -> list[Job]:
     return [
-        common.job(p, m.spec, regime.data, s, f"{key} {m.label}, regime ({regime.key}), seed {s}", m.steps)
+        common.job(p, m.spec, regime.data, s, f"{key} {m.label}, regime ({regime.key}), seed {s}")
         for regime, contests in plan
         for m in models_of(contests)
         for s in seeds
     ]
+
+
+def predictions(plan: list[tuple[Regime, list[Contest]]]) -> dict:
+    """The design and the engine's predictions, registered (predictions.json) before anything trains."""
+    return {
+        "regimes": {
+            regime.key: {
+                "regime": regime.to_json(),
+                "models": {m.label: m.to_json() for m in models_of(contests)},
+                "comparisons": [
+                    {
+                        "name": c.name,
+                        "a": c.a.label,
+                        "b": c.b.label,
+                        "kind": c.kind,
+                        "metric": c.metric,
+                        "cost_matched": matched(c.a, c.b),
+                        **dict(zip(("prediction", "because"), c.predict(regime))),
+                    }
+                    for c in contests
+                ],
+            }
+            for regime, contests in plan
+        }
+    }
 
 
 def section(
@@ -55,30 +80,26 @@ def section(
     seeds: list[int],
     results,
     run_dir,
+    registered: dict,
 ) -> Section:
     s = Section(key, title, f"atrous lab --only {key} --preset {p.name}")
-    fixed: dict[int, list[str]] = {}
-    for m in {m.label: m for _, contests in plan for m in models_of(contests) if m.steps}.values():
-        fixed.setdefault(m.steps, []).append(m.label)
-    exceptions = "".join(
-        f"; {' and '.join(labels)}: exactly {steps} steps, without the stopping rule"
-        for steps, labels in fixed.items()
-    )
     s.paragraphs.append(
-        f"Each model trained up to {p.steps} steps{exceptions} (batch {p.batch_size}, "
-        f"AdamW lr {p.lr}, Dice+CE; "
-        f"{CONVERGENCE}), seeds {seeds}; a seed fixes data, initialisation and order, so comparisons are "
-        f"paired by seed. Metrics: validation split, {AGGREGATION}. {VERDICT_RULES}"
+        f"Each model trained up to {p.steps} steps (batch {p.batch_size}, AdamW lr {p.lr} after {p.warmup} warm-up "
+        f"steps, Dice+CE; {convergence.RULE}), seeds {seeds}; a seed fixes data, initialisation and order, so "
+        f"comparisons are paired by seed. Metrics: validation split, {AGGREGATION}. {VERDICT_RULES}"
     )
     out: dict = {"regimes": {}}
     for regime, contests in plan:
-        out["regimes"][regime.key] = regime_part(s, p, regime, contests, seeds, results, run_dir, key)
+        entry = registered["regimes"][regime.key]
+        out["regimes"][regime.key] = regime_part(s, p, regime, contests, seeds, results, run_dir, key, entry)
     s.results = out
     return s
 
 
-def regime_part(s: Section, p, regime: Regime, contests: list[Contest], seeds, results, run_dir, key) -> dict:
-    predicted = {c.name: c.predict(regime) for c in contests}
+def regime_part(
+    s: Section, p, regime: Regime, contests: list[Contest], seeds, results, run_dir, key, registered: dict
+) -> dict:
+    predicted = {c["name"]: c for c in registered["comparisons"]}
     s.tables.append(
         Table(
             ["comparison", "RFs (engine)", "params, FLOPs within 10 %", "predicted", "because"],
@@ -86,46 +107,53 @@ def regime_part(s: Section, p, regime: Regime, contests: list[Contest], seeds, r
                 [
                     c.name,
                     f"{rf_text(c.a)} vs {rf_text(c.b)}",
-                    "yes" if matched(c.a, c.b) else "no (not a twin)",
-                    *predicted[c.name],
+                    "yes" if predicted[c.name]["cost_matched"] else "no (not a twin)",
+                    predicted[c.name]["prediction"],
+                    predicted[c.name]["because"],
                 ]
                 for c in contests
             ],
             f"Regime ({regime.key}), {regime.title}: `{regime.data}`; separating every pixel needs an RF of "
-            f"2 x {regime.small} + 1 = {regime.need}. The engine's prediction, stated before training:",
+            f"2 x {regime.small} + 1 = {regime.need}. The engine's prediction, registered before training:",
         )
     )
-    runs = {m.spec: common.runs(results, p, m.spec, regime.data, seeds, m.steps) for m in models_of(contests)}
+    runs = {m.spec: common.runs(results, p, m.spec, regime.data, seeds) for m in models_of(contests)}
     model_rows, models_out = [], {}
     for m in models_of(contests):
         miou, small = common.estimate(runs[m.spec], "miou"), common.estimate(runs[m.spec], "iou:1")
-        model_rows.append([m.label, rf_text(m), m.params, m.flops / 1e9, str(miou), str(small)])
+        health = common.health_text(runs[m.spec])
+        model_rows.append([m.label, rf_text(m), m.params, m.flops / 1e9, str(miou), str(small), health])
         models_out[m.label] = {
             **m.to_json(),
             "miou": miou.to_json(),
             "small_iou": small.to_json(),
             "per_seed_miou": common.final(runs[m.spec], "miou"),
+            "health": [r["health"] for r in runs[m.spec]],
+            "steps": [r["steps"] for r in runs[m.spec]],
         }
     s.tables.append(
         Table(
-            ["model", "RF", "params", "GFLOPs/img", "val mIoU", "IoU small objects"],
+            ["model", "RF", "params", "GFLOPs/img", "val mIoU", "IoU small objects", "runs"],
             model_rows,
             f"Regime ({regime.key}): measured, mean ± 95 % CI over {len(seeds)} seeds",
         )
     )
     verdict_rows, comparisons = [], []
     for c in contests:
-        cmp = compare_paired(common.final(runs[c.a.spec], c.metric), common.final(runs[c.b.spec], c.metric))
-        guess, why = predicted[c.name]
-        agree = agreement(guess, cmp)
+        guess, why = predicted[c.name]["prediction"], predicted[c.name]["because"]
+        healthy = common.healthy(runs[c.a.spec]) and common.healthy(runs[c.b.spec])
+        j = judge(
+            guess, common.final(runs[c.a.spec], c.metric), common.final(runs[c.b.spec], c.metric), healthy
+        )
+        cmp = j.comparison
         verdict_rows.append(
             [
                 c.name,
                 guess,
-                cmp.summary(),
+                j.summary(),
                 f"{cmp.diff.mean:+.3f} ± {cmp.diff.half_width:.3f}",
                 "-" if cmp.mdd != cmp.mdd else f"{cmp.mdd:.3f}",
-                agree,
+                j.text,
             ]
         )
         comparisons.append(
@@ -134,18 +162,20 @@ def regime_part(s: Section, p, regime: Regime, contests: list[Contest], seeds, r
                 "b": c.b.label,
                 "metric": c.metric,
                 "kind": c.kind,
-                "cost_matched": matched(c.a, c.b),
+                "cost_matched": predicted[c.name]["cost_matched"],
                 "prediction": guess,
                 "because": why,
                 "measurement": cmp.to_json(),
-                "agreement": agree,
+                "judgement": j.to_json(),
+                "agreement": j.text,
             }
         )
     s.tables.append(
         Table(
             ["comparison", "predicted", "measured", "difference (95 % CI)", "MDD", "agreement"],
             verdict_rows,
-            f"Regime ({regime.key}): prediction, measurement, agreement (MDD: minimum detectable difference)",
+            f"Regime ({regime.key}): prediction, measurement, agreement (MDD: minimum detectable difference at "
+            "power 0.8; a predicted tie is tested by TOST against ±0.05)",
         )
     )
     fig = f"{key}_regime_{regime.key}_curves.png"

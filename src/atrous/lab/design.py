@@ -42,7 +42,6 @@ class Model:
     params: int
     flops: float  # per image at the regime's size (nominal)
     output_stride: int
-    steps: int | None = None  # set by an exercise: train exactly this many steps (no convergence rule)
 
     def sees(self, need: int) -> bool:
         return self.rf is None or self.rf >= need

@@ -43,6 +43,15 @@ def jobs(p: Preset, seeds: list[int]) -> list[Job]:
     ]
 
 
+def predictions(p: Preset, seeds: list[int]) -> dict:
+    """Exercise 1 makes no comparison: its registered design is what the engine says of each stack."""
+    rows = [measure(name, p.ex1_flops_size)[0] for name in STACKS]
+    return {
+        "stacks": {r["name"]: {"rf": r["rf"], "holes": r["holes"]} for r in rows},
+        "erf_stacks": ERF_STACKS,
+    }
+
+
 def measure(name: str, flops_size: int) -> tuple[dict, np.ndarray]:
     kernel, rates = PRESETS[name]
     model = convstack(name, in_channels=CHANNELS, num_classes=None, width=CHANNELS, norm=None, bias=False)
@@ -134,7 +143,7 @@ def _sig(result) -> str:
     return "-" if sigma is None else f"{sigma[0]:.1f}"
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, registered: dict) -> Section:
     measured = [measure(name, p.ex1_flops_size) for name in STACKS]
     rows = [r for r, _ in measured]
     draw_supports(rows, [m for _, m in measured], run_dir / "ex1_supports.png")

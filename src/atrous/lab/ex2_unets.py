@@ -39,6 +39,10 @@ def jobs(p: Preset, seeds: list[int]) -> list[Job]:
     return compare.jobs(p, plan(p), seeds, KEY)
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
+def predictions(p: Preset, seeds: list[int]) -> dict:
+    return compare.predictions(plan(p))
+
+
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, registered: dict) -> Section:
     title = "Exercise 2: standard vs dilated U-Net, where context is needed and where it is not"
-    return compare.section(KEY, title, p, plan(p), seeds, results, run_dir)
+    return compare.section(KEY, title, p, plan(p), seeds, results, run_dir, registered)

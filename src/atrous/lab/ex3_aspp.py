@@ -7,7 +7,6 @@ pixels per side)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,11 +40,8 @@ def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:
         _, dilated = design.unets(p.unet_width, p.unet_depth, p.max_rate, regime.size)
         contests = [
             compare.Contest(
-                replace(d("context module", ctx), steps=p.context_steps),
-                replace(
-                    d("context, rates 1", f"{ctx},context_rates={design.UNDILATED_CONTEXT}"),
-                    steps=p.context_steps,
-                ),
+                d("context module", ctx),
+                d("context, rates 1", f"{ctx},context_rates={design.UNDILATED_CONTEXT}"),
                 "rf",
                 "miou",
             ),
@@ -65,6 +61,10 @@ def jobs(p: Preset, seeds: list[int]) -> list[Job]:
     return compare.jobs(p, plan(p), seeds, KEY)
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
+def predictions(p: Preset, seeds: list[int]) -> dict:
+    return compare.predictions(plan(p))
+
+
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, registered: dict) -> Section:
     title = "Exercise 3: ASPP, the context module and DeepLab's output stride"
-    return compare.section(KEY, title, p, plan(p), seeds, results, run_dir)
+    return compare.section(KEY, title, p, plan(p), seeds, results, run_dir, registered)

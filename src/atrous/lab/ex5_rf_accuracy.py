@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from atrous.data.synthetic import needed_rf
-from atrous.lab import common, plots
-from atrous.lab.jobs import CONVERGENCE, Job
+from atrous.lab import common, convergence, plots
+from atrous.lab.jobs import Job
 from atrous.lab.presets import Preset
 from atrous.lab.report import Section, Table
-from atrous.lab.stats import agreement, compare_paired
+from atrous.lab.stats import NOT_CONVERGED, compare_paired, judge
 from atrous.models.registry import create_model
 from atrous.rf import analyze, schedule
 
@@ -43,6 +43,23 @@ def jobs(p: Preset, seeds: list[int]) -> list[Job]:
     ]
 
 
+def predictions(p: Preset, seeds: list[int]) -> dict:
+    """Before training: for each object size, the RF where accuracy is predicted to saturate (the first RF of
+    the sweep that reaches the need) and the step there (that RF predicted better than the largest below)."""
+    out = {}
+    for small in p.ex5_smalls:
+        need = needed_rf(small)
+        below, at = [r for r in p.ex5_rfs if r < need], [r for r in p.ex5_rfs if r >= need]
+        out[f"small_{small}"] = {
+            "data": data_spec(p, small),
+            "needed_rf": need,
+            "models": {str(rf): stack_spec(p, rf) for rf in p.ex5_rfs},
+            "saturation_rf": min(at) if at else None,
+            "step": {"a": min(at), "b": max(below), "prediction": "better"} if below and at else None,
+        }
+    return out
+
+
 def saturation(rfs: list[int], miou: dict[int, list[float]]) -> tuple[int, dict]:
     best = max(rfs, key=lambda r: np.mean(miou[r]))
     for rf in sorted(rfs):
@@ -62,22 +79,23 @@ COLUMNS = [
     "train img/s",
     "val mIoU",
     "IoU small objects",
+    "runs",
 ]
 
 
-def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Section:
+def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, registered: dict) -> Section:
     s = Section(KEY, "Exercise 5: receptive field vs accuracy", f"atrous lab --only {KEY} --preset {p.name}")
     s.paragraphs.append(
-        f"Conv stacks of {p.ex5_depth} layers, width {p.width}, trained {p.steps} steps on `scale` (label = object "
-        f"size), seeds {seeds}. Saturation RF: the smallest RF whose mean validation mIoU is within {TOLERANCE} of "
-        "the best RF's and not significantly lower (paired t-test over seeds). Prediction (the engine, before "
-        "training): stacks whose RF is below the needed RF cannot separate every pixel, so accuracy saturates at "
-        f"the first RF of the sweep that reaches the need. {CONVERGENCE}."
+        f"Conv stacks of {p.ex5_depth} layers, width {p.width}, trained up to {p.steps} steps on `scale` "
+        f"(label = object size), seeds {seeds}. Saturation RF: the smallest RF whose mean validation mIoU is "
+        f"within {TOLERANCE} of the best RF's and not significantly lower (paired t-test over seeds). Prediction "
+        "(the engine, registered before training): stacks whose RF is below the needed RF cannot separate every "
+        f"pixel, so accuracy saturates at the first RF of the sweep that reaches the need. Runs: {convergence.RULE}."
     )
     out, curves = {}, {}
     for small in p.ex5_smalls:
-        rows, miou, points = sweep(p, small, seeds, results)
-        text, out[f"small_{small}"] = verdicts(p, small, miou)
+        rows, miou, points, health = sweep(p, small, seeds, results)
+        text, out[f"small_{small}"] = verdicts(small, miou, health, registered[f"small_{small}"])
         out[f"small_{small}"]["points"] = [
             {"rf": int(r), "miou_mean": float(m), "ci95": float(c), "gflops": float(f)}
             for r, m, c, f, _ in points
@@ -96,16 +114,18 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path) -> Sectio
     return s
 
 
-def sweep(p: Preset, small: int, seeds: list[int], results: dict) -> tuple[list, dict, list]:
-    """Table rows, per-seed mIoU by RF, and (RF, mean, CI, GFLOPs, img/s) points of one object size."""
+def sweep(p: Preset, small: int, seeds: list[int], results: dict) -> tuple[list, dict, list, dict]:
+    """Table rows, per-seed mIoU by RF, (RF, mean, CI, GFLOPs, img/s) points and whether every run of each RF
+    converged, for one object size."""
     data = data_spec(p, small)
-    rows, miou, points = [], {}, []
+    rows, miou, points, healthy = [], {}, [], {}
     for rf in p.ex5_rfs:
         spec = stack_spec(p, rf)
         per_seed = common.runs(results, p, spec, data, seeds)
         report = analyze(create_model(spec, num_classes=3), (3, p.size, p.size)).outputs[0]
         est, small_iou = common.estimate(per_seed, "miou"), common.estimate(per_seed, "iou:1")
         miou[rf] = common.final(per_seed, "miou")
+        healthy[rf] = common.healthy(per_seed)
         img_s, gflops = common.speed(per_seed), per_seed[0]["flops"] / 1e9
         rows.append(
             [
@@ -117,38 +137,46 @@ def sweep(p: Preset, small: int, seeds: list[int], results: dict) -> tuple[list,
                 f"{img_s:.0f}",
                 str(est),
                 str(small_iou),
+                common.health_text(per_seed),
             ]
         )
         points.append((report.rf[0], est.mean, est.half_width, gflops, img_s))
-    return rows, miou, points
+    return rows, miou, points, healthy
 
 
-def verdicts(p: Preset, small: int, miou: dict[int, list[float]]) -> tuple[str, dict]:
-    """The prediction (saturation at the first RF reaching the need; the step there is better), the measurement
-    and their agreement, as a sentence and as results."""
-    need = needed_rf(small)
-    sat, detail = saturation(list(p.ex5_rfs), miou)
-    below, at = [r for r in p.ex5_rfs if r < need], [r for r in p.ex5_rfs if r >= need]
-    predicted = min(at) if at else None
-    sat_agrees = "undetermined" if predicted is None else ("agrees" if sat == predicted else "disagrees")
+def verdicts(
+    small: int, miou: dict[int, list[float]], healthy: dict[int, bool], registered: dict
+) -> tuple[str, dict]:
+    """The registered prediction (saturation at the first RF reaching the need; the step there is better), the
+    measurement and their agreement, as a sentence and as results. A sweep with a run that did not converge
+    cannot place the saturation point."""
+    need, predicted = registered["needed_rf"], registered["saturation_rf"]
+    sat, detail = saturation(list(miou), miou)
+    if not all(healthy.values()):
+        sat_agrees = NOT_CONVERGED
+    elif predicted is None:
+        sat_agrees = "undetermined"
+    else:
+        sat_agrees = "agrees" if sat == predicted else "disagrees"
     text = (
         f"Objects {small} px (needed RF 2 x {small} + 1 = {need}). Predicted: saturation at RF "
         f"{predicted if predicted is not None else 'beyond the sweep'}. Measured: mIoU saturates at "
         f"RF {sat} ({sat / need:.2f} x the needed RF): {sat_agrees}."
     )
-    step = step_agrees = None
-    if below and at:
-        step = compare_paired(miou[min(at)], miou[max(below)])
-        step_agrees = agreement("better", step)
-        difference = f"mIoU difference {step.describe()} ({step_agrees})"
-        text += f" RF {min(at)} vs RF {max(below)}, predicted better: {difference}."
+    step = registered["step"]
+    judgement = None
+    if step is not None:
+        a, b = step["a"], step["b"]
+        judgement = judge(step["prediction"], miou[a], miou[b], healthy[a] and healthy[b])
+        difference = judgement.comparison.describe()
+        text += f" RF {a} vs RF {b}, predicted better: mIoU difference {difference} ({judgement.text})."
     result = {
-        "data": data_spec(p, small),
+        "data": registered["data"],
         "needed_rf": need,
         "saturation_rf": sat,
-        "prediction": {"saturation_rf": predicted, "step_at_needed": "better" if step else None},
-        "agreement": {"saturation_rf": sat_agrees, "step_at_needed": step_agrees},
+        "prediction": {"saturation_rf": predicted, "step_at_needed": step["prediction"] if step else None},
+        "agreement": {"saturation_rf": sat_agrees, "step_at_needed": judgement.text if judgement else None},
         **detail,
-        "step_at_needed": None if step is None else step.to_json(),
+        "step_at_needed": None if judgement is None else judgement.to_json(),
     }
     return text, result

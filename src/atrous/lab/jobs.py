@@ -20,21 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Runs stop once validation has converged, deterministically (the rule reads only the run's own metrics).
-CONVERGE_AT, MIN_GAIN, PATIENCE, MIN_EPOCHS = 0.995, 0.005, 3, 4
-CONVERGENCE = (
-    f"a run stops after an epoch once its validation mIoU is >= {CONVERGE_AT}, or has not risen more than "
-    f"{MIN_GAIN} above its earlier best for {PATIENCE} epochs (after at least {MIN_EPOCHS})"
-)
-
-
-def converged(history: list[float]) -> bool:
-    """The stopping rule above, on the validation mIoU of the epochs so far."""
-    if history and history[-1] >= CONVERGE_AT:
-        return True
-    if len(history) < max(MIN_EPOCHS, PATIENCE + 1):
-        return False
-    return max(history[-PATIENCE:]) <= max(history[:-PATIENCE]) + MIN_GAIN
+from atrous.lab import convergence
 
 
 @dataclass(frozen=True)
@@ -47,7 +33,9 @@ class Job:
     lr: float
     loss: str = "dice+ce"
     warmup: int = 0
-    stop_early: bool = True  # the convergence rule; False: train all ``steps``
+    schedule: str = "constant"  # constant after warm-up: a stopped run is the prefix of a longer one
+    ema: float = 0.0  # weight averaging: a stable end point at a constant learning rate
+    stop_early: bool = True  # the convergence rule; False: train all ``steps`` (the audit's long runs)
     label: str = ""  # for the progress display only
 
     @property
@@ -81,6 +69,8 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         loss=job.loss,
         seed=job.seed,
         warmup=job.warmup,
+        schedule=job.schedule,
+        ema=job.ema,
         out=str(run_dir),
         device=device,
     )
@@ -89,7 +79,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
 
     def stop(record: dict) -> bool:
         seen.append(record["val"]["miou"])
-        return converged(seen)
+        return convergence.should_stop(seen)
 
     with warnings.catch_warnings():
         # A dilated U-Net's bottleneck alone may be gridded; the lab chose its rates because the whole network
@@ -110,6 +100,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         "job": asdict(job),
         "history": history,
         "final": history[-1]["val"],
+        "health": convergence.health([h["val"]["miou"] for h in history], history[-1]["val"]["iou"]),
         "params": count_params(model),
         "flops": count_flops(model, tuple(sample.shape)),
         "steps": result.steps,

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,9 +22,20 @@ from rich.progress import (
 
 from atrous.errors import AtrousError
 from atrous.fileio import write_atomic
-from atrous.lab import calibrate, ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy
+from atrous.lab import (
+    audit,
+    calibrate,
+    convergence,
+    ex1_receptive_fields,
+    ex2_unets,
+    ex3_aspp,
+    ex4_multiscale,
+    ex5_rf_accuracy,
+    registration,
+    stats,
+)
 from atrous.lab.jobs import Job, run_jobs
-from atrous.lab.presets import get_preset
+from atrous.lab.presets import Preset, get_preset
 from atrous.lab.report import write_report
 
 EXERCISES = {m.KEY: m for m in (ex1_receptive_fields, ex2_unets, ex3_aspp, ex4_multiscale, ex5_rf_accuracy)}
@@ -67,10 +79,7 @@ def run_lab(
     device: str = "cpu",
 ) -> dict[str, Path]:
     console = console or Console()
-    chosen = list(EXERCISES) if not only else [e.strip() for e in only.split(",") if e.strip()]
-    unknown = [e for e in chosen if e not in EXERCISES]
-    if unknown:
-        raise AtrousError(f"unknown exercise {unknown[0]!r} in --only; available: {', '.join(EXERCISES)}")
+    chosen = choose(only)
     p = get_preset(preset)
     seed_list = parse_seeds(seeds, p.seeds)
     workers = workers if workers is not None else default_workers(device)
@@ -79,18 +88,25 @@ def run_lab(
     start = time.perf_counter()
     planned = {key: EXERCISES[key].jobs(p, seed_list) for key in chosen}
     jobs = order_longest_first([j for key in chosen for j in planned[key]])
-    estimate = calibrate.expected_seconds(jobs, workers, device)
+    digest = registration.register(run_dir, design(p, seed_list, chosen))
+    console.print(
+        f"predictions registered before training: {run_dir / registration.FILE} (sha256 {digest})",
+        soft_wrap=True,
+    )
+    estimate = calibrate.expected_seconds(jobs, workers, device, p.step_share)
+    at_cap = calibrate.expected_seconds(jobs, workers, device)
     console.print(
         f"lab {preset}: {len(jobs)} training runs on {workers} {'processes' if workers > 1 else 'process'}; "
-        f"expected about {estimate:.0f} s on this machine, from a calibration just now (if every run goes to its "
-        "step limit; runs that converge stop earlier)",
+        f"expected about {estimate:.0f} s on this machine, from a calibration just now (at most {at_cap:.0f} s "
+        "if every run goes to its step cap)",
         soft_wrap=True,
     )
     results = _train(jobs, run_dir, workers, device, console, f"lab {preset}")
+    registered = registration.read_back(run_dir, digest)["exercises"]
     sections, report_seconds = [], {}
     for key in chosen:
         t0 = time.perf_counter()
-        sections.append(EXERCISES[key].section(p, seed_list, results, run_dir))
+        sections.append(EXERCISES[key].section(p, seed_list, results, run_dir, registered[key]))
         report_seconds[key] = time.perf_counter() - t0
     meta = {
         "preset": preset,
@@ -99,20 +115,96 @@ def run_lab(
         "seeds": seed_list,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "predictions_sha256": digest,
+        "health": health_counts(results),
     }
     header = (
         f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}; torch {torch.__version__}; "
-        f"trained on {device_name(device)}. Every number below was computed in this run."
+        f"trained on {device_name(device)}. Every number below was computed in this run. The predictions were "
+        f"registered before training in {registration.FILE}, sha256 {digest}. Runs: {health_line(results)}."
     )
     paths = write_report(sections, run_dir, header, meta)
     # Measured speeds vary from run to run: kept out of results.json so that it is reproducible.
     timings = breakdown(planned, results, report_seconds)
-    timings.update(expected_seconds=estimate, workers=workers, wall_seconds=time.perf_counter() - start)
+    timings.update(
+        expected_seconds=estimate,
+        expected_at_cap=at_cap,
+        workers=workers,
+        wall_seconds=time.perf_counter() - start,
+    )
     write_atomic(run_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
     console.print(
         f"report: {paths['html']} ({paths['md'].name}, {paths['json'].name}); {timings['wall_seconds']:.0f} s"
     )
     return paths
+
+
+def audit_lab(
+    preset: str = "quick",
+    out: str | Path = "runs/lab-audit",
+    only: str | None = None,
+    seeds: str | None = None,
+    workers: int | None = None,
+    console: Console | None = None,
+    device: str = "cpu",
+) -> dict:
+    """The convergence audit (``atrous lab --audit``) of a preset's configurations, on seeds it does not
+    report."""
+    console = console or Console()
+    chosen = choose(only)
+    p = get_preset(preset)
+    seed_list = parse_seeds(seeds, 0) if seeds is not None else list(audit.AUDIT_SEEDS)
+    reported = set(range(p.seeds))
+    if reported & set(seed_list):
+        raise AtrousError(
+            f"--seeds {','.join(map(str, seed_list))}: the audit must not use the seeds the preset reports "
+            f"({sorted(reported)}); give others, e.g. {','.join(map(str, audit.AUDIT_SEEDS))}"
+        )
+    jobs = order_longest_first([j for key in chosen for j in EXERCISES[key].jobs(p, seed_list)])
+    workers = workers if workers is not None else default_workers(device)
+    console.print(
+        f"lab audit {preset}: {len(jobs)} configurations x seeds {seed_list}, each trained "
+        f"{audit.FACTOR}x its step cap ({audit.FACTOR * p.steps} steps) on {workers} processes",
+        soft_wrap=True,
+    )
+    return audit.run_audit(p, jobs, Path(out), workers, console, device)
+
+
+def choose(only: str | None) -> list[str]:
+    chosen = list(EXERCISES) if not only else [e.strip() for e in only.split(",") if e.strip()]
+    unknown = [e for e in chosen if e not in EXERCISES]
+    if unknown:
+        raise AtrousError(f"unknown exercise {unknown[0]!r} in --only; available: {', '.join(EXERCISES)}")
+    return chosen
+
+
+def design(p: Preset, seeds: list[int], chosen: list[str]) -> dict:
+    """What predictions.json registers: the training protocol, the decision rules, and each exercise's design
+    and predictions."""
+    return {
+        "preset": asdict(p),
+        "seeds": seeds,
+        "training": {"steps_cap": p.steps, "warmup": p.warmup, "lr": p.lr, "batch_size": p.batch_size},
+        "rules": {
+            "stopping": convergence.RULE,
+            "verdicts": stats.VERDICT_RULES,
+            "margin": stats.RELEVANT,
+            "alpha": stats.ALPHA,
+            "power": stats.POWER,
+        },
+        "exercises": {key: EXERCISES[key].predictions(p, seeds) for key in chosen},
+    }
+
+
+def health_counts(results: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results.values():
+        counts[r["health"]] = counts.get(r["health"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def health_line(results: dict) -> str:
+    return ", ".join(f"{n} {state}" for state, n in health_counts(results).items())
 
 
 def order_longest_first(jobs: list[Job]) -> list[Job]:

@@ -37,6 +37,9 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "poly"
     warmup: int = 0  # linear warm-up steps
+    # Exponential moving average of the weights and BatchNorm statistics, decay per step (0: off). Validation
+    # and the saved model use the average: a stable end point without a learning-rate decay tied to a budget.
+    ema: float = 0.0
     loss: str = "dice+ce"
     dice_per_image: bool = False
     aux_weight: float = 0.5  # DeepLab's auxiliary head, when the model has one
@@ -91,6 +94,10 @@ class TrainConfig:
                 raise ConfigError(
                     f"{option('tensorboard')} needs the tensorboard package: pip install tensorboard"
                 ) from None
+        if not 0 <= self.ema < 1:
+            raise ConfigError(
+                f"{option('ema')} must be in [0, 1) (a decay per step; 0 turns it off), got {self.ema}"
+            )
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"{option('device')} {self.device!r}: use auto, cpu or cuda[:N]")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from atrous.data.synthetic import SyntheticTask
 from atrous.device import autocast, check_compile, check_precision, synchronize
@@ -150,6 +151,13 @@ class Trainer:
         self.model.to(d.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # The averaged copy (when cfg.ema) is what validation sees and checkpoints hold; the raw weights train.
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            if cfg.ema
+            else None
+        )
+        self.evaluated = self.ema.module if self.ema is not None else self.model
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_schedule(cfg, self.total))
         self.state = LoopState()
@@ -248,6 +256,8 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return value
 
     # -- divergence ---------------------------------------------------------------------------------------------
@@ -289,7 +299,7 @@ class Trainer:
         if self.val_set is not None:
             cfg = self.cfg
             record["val"] = evaluate(
-                self.model,
+                self.evaluated,
                 self.val_set,
                 cfg.eval_batch_size or cfg.batch_size,
                 self.d.device,
@@ -335,9 +345,12 @@ class Trainer:
             **rng,
             "loop": asdict(self.state),
         }
+        if self.ema is not None:  # the checkpoint's model file holds the average; training resumes from these
+            payload["raw_model"] = self.model.state_dict()
+            payload["ema_n_averaged"] = self.ema.n_averaged.clone()
         meta = {"model": self.cfg.model, "model_kwargs": self.cfg.model_kwargs, "epoch": self.state.epoch}
         meta.update(self._data_meta())
-        ckpt.save_checkpoint(self.run_dir, self.state.step, self.model.state_dict(), payload, meta, links)
+        ckpt.save_checkpoint(self.run_dir, self.state.step, self.evaluated.state_dict(), payload, meta, links)
 
     def _data_meta(self) -> dict[str, Any]:
         ds = self.train_set
@@ -366,8 +379,11 @@ class Trainer:
     def _restore(self) -> None:
         last = self.run_dir / "last"
         if last.exists():
-            ckpt.load_into(self.model, last)
+            ckpt.load_into(self.evaluated, last)
             saved = ckpt.load_state(last)
+            if self.ema is not None:
+                self.model.load_state_dict(saved["raw_model"])
+                self.ema.n_averaged.copy_(saved["ema_n_averaged"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(saved["rng_torch"])

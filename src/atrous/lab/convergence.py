@@ -1,0 +1,73 @@
+"""When a lab run stops, and whether the number it ends with can be trusted.
+
+One rule for every model, read only from the run's own validation curve:
+
+* a run never stops before ``MIN_EPOCHS`` epochs (small models on these tasks sit on partial solutions for
+  several epochs early on: all background, or background and the largest class);
+* after that it stops once its validation mIoU is at least ``SOLVED``, or once its best mIoU of the last
+  ``WINDOW`` epochs is no more than ``MIN_GAIN`` above its best before them;
+* and in any case at the preset's step cap.
+
+The learning rate is constant after a short warm-up, so nothing in a run depends on its budget: a run that the
+rule stopped after E epochs is exactly the first E epochs of a longer run with the same seed. That is what lets
+the convergence audit (``atrous lab --audit``) train each configuration once, for three times the cap, and read
+off both where the rule stops and where the same run would have gone.
+
+Health, per run (reported next to every number, and a comparison that involves an unhealthy run is
+undetermined): ``converged`` (stopped by the rule, or on a plateau at the cap); ``still improving at the step
+cap``; ``trivial solution`` (at most one class predicted: the all-background answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SOLVED = 0.995
+MIN_EPOCHS = 10
+WINDOW = 6
+MIN_GAIN = 0.005
+TRIVIAL_IOU = 0.01  # a class whose IoU stays below this is not predicted
+
+CONVERGED, IMPROVING, TRIVIAL = "converged", "still improving at the step cap", "trivial solution"
+HEALTHY = (CONVERGED,)
+
+RULE = (
+    f"one stopping rule for every run: after at least {MIN_EPOCHS} epochs, a run stops once its validation mIoU "
+    f"is >= {SOLVED}, or once its best mIoU of the last {WINDOW} epochs is no more than {MIN_GAIN} above its best "
+    f"before them; at the latest at the step cap. The learning rate is constant after warm-up, so a stopped run is "
+    "the prefix of a longer one (the convergence audit compares the two)"
+)
+
+
+def plateaued(miou: Sequence[float]) -> bool:
+    """Whether the last ``WINDOW`` epochs added no more than ``MIN_GAIN`` to the best before them."""
+    if len(miou) <= WINDOW:
+        return False
+    return max(miou[-WINDOW:]) <= max(miou[:-WINDOW]) + MIN_GAIN
+
+
+def should_stop(miou: Sequence[float]) -> bool:
+    """The stopping rule, on the validation mIoU of the epochs so far."""
+    if len(miou) < MIN_EPOCHS:
+        return False
+    return miou[-1] >= SOLVED or plateaued(miou)
+
+
+def stop_epoch(miou: Sequence[float]) -> int:
+    """The number of epochs the rule trains on a curve (the whole curve if the rule never fires)."""
+    for epochs in range(1, len(miou) + 1):
+        if should_stop(miou[:epochs]):
+            return epochs
+    return len(miou)
+
+
+def trivial(iou: Sequence[float | None]) -> bool:
+    """At most one class predicted: every other class's IoU is absent or below ``TRIVIAL_IOU``."""
+    return sum(1 for v in iou if v is not None and v >= TRIVIAL_IOU) <= 1
+
+
+def health(miou: Sequence[float], final_iou: Sequence[float | None]) -> str:
+    """The health of a run that trained the epochs of ``miou`` (stopped by the rule or at the cap)."""
+    if trivial(final_iou):
+        return TRIVIAL
+    return CONVERGED if should_stop(miou) else IMPROVING

@@ -1,0 +1,74 @@
+"""The lab's stopping rule and run health, on hand-made curves, and the property the audit rests on: a run the rule
+stops is exactly the beginning of a longer run with the same seed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from atrous.lab import audit, convergence
+from atrous.lab.convergence import CONVERGED, IMPROVING, MIN_EPOCHS, TRIVIAL, WINDOW
+from atrous.lab.jobs import Job, run_job
+from atrous.train.loop import TIMING_KEYS
+
+pytestmark = pytest.mark.usefixtures("cpu_only")
+
+
+def test_never_stops_before_the_minimum_even_on_a_flat_start() -> None:
+    flat = [0.48] * (MIN_EPOCHS - 1)
+    assert not convergence.should_stop(flat)
+    assert convergence.should_stop([0.48] * MIN_EPOCHS)  # flat for longer than the window: a plateau
+    assert not convergence.should_stop([0.2] * (MIN_EPOCHS - 2) + [0.999])  # solved, but too early to tell
+
+
+def test_a_late_climb_keeps_the_run_going() -> None:
+    curve = [0.48] * MIN_EPOCHS + [0.50, 0.60, 0.75]
+    assert not convergence.should_stop(curve)  # the last WINDOW epochs gained more than MIN_GAIN
+    # The rule fires on the first epoch whose window adds nothing: here the first epoch at the minimum.
+    assert convergence.stop_epoch([0.48] * 20) == MIN_EPOCHS
+    rising = [0.1 * min(e, 9) for e in range(1, 21)]  # climbs to 0.9 at epoch 9, then flat
+    assert convergence.stop_epoch(rising) == 9 + WINDOW
+
+
+def test_solved_stops_at_the_minimum() -> None:
+    assert convergence.stop_epoch([0.999] * 20) == MIN_EPOCHS
+
+
+def test_health() -> None:
+    plateau = [0.7] * (MIN_EPOCHS + WINDOW)
+    assert convergence.health(plateau, [0.9, 0.5, 0.6]) == CONVERGED
+    assert convergence.health([*plateau[:-1], 0.9], [0.9, 0.5, 0.6]) == IMPROVING
+    assert convergence.health([0.5] * 3, [0.9, 0.5, 0.6]) == IMPROVING  # the cap came before the minimum
+    # Everything predicted as one class: only that class has an IoU above the floor.
+    assert convergence.health(plateau, [0.81, 0.0, 0.005]) == TRIVIAL
+    assert convergence.health(plateau, [0.81, None, 0.0]) == TRIVIAL
+
+
+def test_audit_reads_the_rule_off_the_long_curve() -> None:
+    job = Job("m", "d", 40, steps=8 * 4, batch_size=8, lr=1e-3, label="x")
+    curve = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9] + [0.95] * 12
+    history = [{"step": 4 * (e + 1), "val": {"miou": m, "iou": [0.9, m, m]}} for e, m in enumerate(curve)]
+    row = audit.audit_run(job, {"history": history}, epoch_steps=4)
+    # The cap is 8 epochs (32 steps / 4), before the plateau is seen: the rule trains all 8.
+    assert row["stop_epoch"] == 8 and row["miou_at_stop"] == 0.9 and row["miou_long"] == 0.95
+    assert row["left_on_table"] == pytest.approx(0.05) and row["health_at_stop"] == IMPROVING
+    summary = audit.summarize([row, {**row, "left_on_table": 0.0, "label": "y"}])
+    assert summary["within_tolerance"] == 1 and summary["share_within"] == 0.5 and not summary["meets_target"]
+
+
+def test_a_stopped_run_is_the_prefix_of_a_longer_one(tmp_path: Path) -> None:
+    """Constant learning rate after warm-up, and weight averaging that does not know the budget: the first epochs
+    of a run do not depend on how many steps it may take, which the audit relies on."""
+    short = Job("convstack:width=4", "scale:size=16,n=32,small=2,large=5", 3, 12, 8, 3e-3, warmup=2, ema=0.9)
+    short = replace(short, stop_early=False)
+    long = replace(short, steps=24)
+    a, b = run_job(short, str(tmp_path)), run_job(long, str(tmp_path))
+
+    def strip(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+    assert len(a["history"]) == 3 and len(b["history"]) == 6
+    assert strip(a["history"]) == strip(b["history"])[:3]
+    assert a["health"] in (CONVERGED, IMPROVING, TRIVIAL)
