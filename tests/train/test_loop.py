@@ -82,11 +82,13 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("trial", [0, 1])
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path, trial: int) -> None:
+    """Trial 1 also averages the weights: the average and the raw weights must both survive the kill."""
     ref, run = tmp_path / "ref", tmp_path / "run"
-    assert cli(*TRAIN, "--out", str(ref)).returncode == 0
+    train = [*TRAIN, "--ema", "0.9"] if trial else TRAIN
+    assert cli(*train, "--out", str(ref)).returncode == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "atrous", *TRAIN, "--out", str(run)],
+        [sys.executable, "-m", "atrous", *train, "--out", str(run)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -99,10 +101,34 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path, tri
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = json.loads((run / "last" / "checkpoint.json").read_text())["step"]
     assert 0 < killed_at < 18
-    resumed = cli(*TRAIN, "--out", str(run), "--resume")
+    resumed = cli(*train, "--out", str(run), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     assert metrics(run) == metrics(ref)
+
+
+def test_weight_averaging_is_what_validation_sees_and_the_checkpoint_holds(tmp_path: Path) -> None:
+    from atrous.train.checkpoint import load_state
+    from atrous.train.evaluate import evaluate
+    from atrous.train.inference import load
+    from atrous.train.setup import load_datasets
+
+    cfg = TrainConfig(
+        model="convstack:width=4",
+        data="shapes:size=16,n=16",
+        steps=8,
+        batch_size=4,
+        ema=0.5,
+        out=str(tmp_path),
+    )
+    result = fit(cfg, overwrite=True)
+    averaged = load(tmp_path / "last")
+    raw = load_state(tmp_path / "last")["raw_model"]
+    assert any(not torch.equal(raw[k], v) for k, v in averaged.state_dict().items() if k in raw)
+    val = load_datasets(cfg)[1]
+    assert evaluate(averaged, val, 4)["miou"] == result.history[-1]["val"]["miou"]
+    with pytest.raises(ConfigError, match="ema must be in"):
+        TrainConfig(model="unet", data="shapes", steps=1, ema=1.0).validate()
 
 
 def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:

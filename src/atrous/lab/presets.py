@@ -18,9 +18,6 @@ class Preset:
     steps: int  # the step cap of a run; the stopping rule (convergence.py) usually ends it before
     warmup: int  # linear warm-up steps, then a constant learning rate
     ema: float  # decay per step of the weight average that is validated and reported
-    # Share of the capped steps that the stopping rule let the runs take on the design seeds (10, 11, 12): what the
-    # printed time estimate expects (quick: 19,184 of 29,184 steps).
-    step_share: float = 1.0
     batch_size: int
     lr: float
     width: int  # channels of the conv stacks of Ex1 / Ex5
@@ -44,6 +41,9 @@ class Preset:
     ex5_rfs: tuple[int, ...]
     ex5_smalls: tuple[int, ...]
     ex5_depth: int = 5
+    # Share of the capped steps that the stopping rule let the runs take on the design seeds (10, 11, 12): what the
+    # printed time estimate expects (quick: 19,184 of 29,184 steps).
+    step_share: float = 1.0
 
 
 def aspp_variants(width: int, which: tuple[int, ...] = (0, 1, 2, 3, 4)) -> tuple[tuple[str, str], ...]:
