@@ -88,6 +88,9 @@ def test_lab_options_errors(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
     assert "unknown exercise 'ex9'" in capsys.readouterr().err
     assert main(["lab", "--preset", "tiny", "--seeds", "x", "--out", str(tmp_path)]) == 2
     assert "--seeds 'x'" in capsys.readouterr().err
+    # The audit must not look at the seeds the preset reports (tiny reports seed 0).
+    assert main(["lab", "--audit", "--preset", "tiny", "--seeds", "0,40", "--out", str(tmp_path)]) == 2
+    assert "must not use the seeds the preset reports ([0])" in capsys.readouterr().err
 
 
 def test_every_comparison_states_prediction_measurement_and_agreement(two_runs: tuple[Path, Path]) -> None:

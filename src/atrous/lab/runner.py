@@ -153,7 +153,10 @@ def audit_lab(
     console = console or Console()
     chosen = choose(only)
     p = get_preset(preset)
-    seed_list = parse_seeds(seeds, 0) if seeds is not None else list(audit.AUDIT_SEEDS)
+    # A count means the first audit seeds (40, 41, ...); a list is taken as given.
+    first = audit.AUDIT_SEEDS[0]
+    count = [first + i for i in parse_seeds(seeds, len(audit.AUDIT_SEEDS))]
+    seed_list = parse_seeds(seeds, 0) if seeds is not None and "," in str(seeds) else count
     reported = set(range(p.seeds))
     if reported & set(seed_list):
         raise AtrousError(
