@@ -16,7 +16,7 @@ from rich.console import Console
 
 from atrous.cli import main
 from atrous.errors import AtrousError
-from atrous.lab import registration, runner
+from atrous.lab import convergence, registration, runner
 from atrous.lab.runner import run_lab
 from atrous.lab.stats import NOT_CONVERGED
 
@@ -110,10 +110,7 @@ def test_every_comparison_states_prediction_measurement_and_agreement(two_runs: 
     assert task["prediction"]["saturation_rf"] == 9 and task["agreement"]["saturation_rf"] == NOT_CONVERGED
     # Two epochs are below the rule's minimum: no tiny run may count as converged.
     health = results["meta"]["health"]
-    assert sum(health.values()) == 23 and set(health) <= {
-        "still improving at the step cap",
-        "trivial solution",
-    }
+    assert sum(health.values()) == 23 and set(health) <= {convergence.IMPROVING, convergence.TRIVIAL}
     md = (two_runs[0] / "report.md").read_text()
     assert md.index("registered before training:") < md.index("prediction, measurement, agreement")
 

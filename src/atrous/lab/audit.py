@@ -4,7 +4,7 @@ For every configuration of a preset, on seeds the preset does not report, one ru
 the preset's step cap without the rule. The learning rate is constant after warm-up, so the first epochs of that
 run are exactly the run the lab would have made: the rule's stopping epoch is read off the same curve, and the
 mIoU it leaves on the table is the long run's final mIoU minus the mIoU where the rule stopped. Target: within
-``TOLERANCE`` in at least ``TARGET_SHARE`` of the runs, and no run that the rule leaves on a trivial solution
+``TOLERANCE`` in at least ``TARGET_SHARE`` of the runs, and no run that the rule leaves on a partial solution
 which the longer run escapes.
 """
 
@@ -121,7 +121,7 @@ def markdown(summary: dict, rows: list[dict]) -> str:
     lines += [
         "",
         f"Within {TOLERANCE} of the long run: {summary['within_tolerance']} of {summary['runs']} runs "
-        f"({share:.1%}; target {TARGET_SHARE:.0%}). Trivial solutions the long run escapes: "
+        f"({share:.1%}; target {TARGET_SHARE:.0%}). Partial solutions the long run escapes: "
         f"{len(summary['trivial_escaped'])}. Target met: {'yes' if summary['meets_target'] else 'no'}.",
         "",
     ]

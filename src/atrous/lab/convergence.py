@@ -15,7 +15,10 @@ off both where the rule stops and where the same run would have gone.
 
 Health, per run (reported next to every number, and a comparison that involves an unhealthy run is
 undetermined): ``converged`` (stopped by the rule, or on a plateau at the cap); ``still improving at the step
-cap``; ``trivial solution`` (at most one class predicted: the all-background answer).
+cap``; ``partial solution (a class never predicted)``: a class of the validation set has an IoU below
+``TRIVIAL_IOU``. On the lab's tasks every class has pixels that any model can decide (the centre of a small square
+needs less context than its corners), so a class that is never predicted is a training failure, not an RF limit;
+seen on check seed 20, where a dilated U-Net in the control regime stopped at 0.66 mIoU with the small class dead.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ WINDOW = 6
 MIN_GAIN = 0.005
 TRIVIAL_IOU = 0.01  # a class whose IoU stays below this is not predicted
 
-CONVERGED, IMPROVING, TRIVIAL = "converged", "still improving at the step cap", "trivial solution"
+CONVERGED, IMPROVING = "converged", "still improving at the step cap"
+TRIVIAL = "partial solution (a class never predicted)"
 HEALTHY = (CONVERGED,)
 
 RULE = (
@@ -62,8 +66,8 @@ def stop_epoch(miou: Sequence[float]) -> int:
 
 
 def trivial(iou: Sequence[float | None]) -> bool:
-    """At most one class predicted: every other class's IoU is absent or below ``TRIVIAL_IOU``."""
-    return sum(1 for v in iou if v is not None and v >= TRIVIAL_IOU) <= 1
+    """A class with an IoU (present in the targets or predictions) below ``TRIVIAL_IOU``: never predicted."""
+    return any(v is not None and v < TRIVIAL_IOU for v in iou)
 
 
 def health(miou: Sequence[float], final_iou: Sequence[float | None]) -> str:
