@@ -16,27 +16,41 @@ from atrous.train.loop import TIMING_KEYS
 pytestmark = pytest.mark.usefixtures("cpu_only")
 
 
+OK = [0.9, 0.8, 0.7]  # every class predicted
+
+
 def test_never_stops_before_the_minimum_even_on_a_flat_start() -> None:
     flat = [0.48] * (MIN_EPOCHS - 1)
-    assert not convergence.should_stop(flat)
-    assert convergence.should_stop([0.48] * MIN_EPOCHS)  # flat for longer than the window: a plateau
-    assert not convergence.should_stop([0.2] * (MIN_EPOCHS - 2) + [0.999])  # solved, but too early to tell
+    assert not convergence.should_stop(flat, OK)
+    assert convergence.should_stop([0.48] * MIN_EPOCHS, OK)  # flat for longer than the window: a plateau
+    assert not convergence.should_stop(
+        [0.2] * (MIN_EPOCHS - 2) + [0.999], OK
+    )  # solved, but too early to tell
 
 
 def test_a_late_climb_keeps_the_run_going() -> None:
     curve = [0.48] * MIN_EPOCHS + [0.50, 0.60, 0.75]
-    assert not convergence.should_stop(curve)  # the last WINDOW epochs gained more than MIN_GAIN
+    assert not convergence.should_stop(curve, OK)  # the last WINDOW epochs gained more than MIN_GAIN
     # The rule fires on the first epoch whose window adds nothing: here the first epoch at the minimum.
-    assert convergence.stop_epoch([0.48] * 20) == MIN_EPOCHS
+    assert convergence.stop_epoch([0.48] * 20, [OK] * 20) == MIN_EPOCHS
     rising = [0.1 * min(e, 9) for e in range(1, 21)]  # climbs to 0.9 at epoch 9, then flat
-    assert convergence.stop_epoch(rising) == 9 + WINDOW
+    assert convergence.stop_epoch(rising, [OK] * 20) == 9 + WINDOW
 
 
 def test_solved_stops_at_the_minimum() -> None:
-    assert convergence.stop_epoch([0.999] * 20) == MIN_EPOCHS
+    assert convergence.stop_epoch([0.999] * 20, [OK] * 20) == MIN_EPOCHS
 
 
-def test_health() -> None:
+def test_never_stops_on_a_partial_solution() -> None:
+    """The audit's context module (seed 40): 0.61 mIoU with the small class never predicted for 30 epochs, then
+    solved. A plateau with a dead class is not a reason to stop."""
+    dead, alive = [1.0, 0.0, 0.83], [1.0, 0.95, 0.99]
+    curve, ious = [0.61] * 20 + [0.98] * 10, [dead] * 20 + [alive] * 10
+    assert not convergence.should_stop(
+        [0.61] * 20, dead
+    )  # flat for 20 epochs: a plateau, but a class is dead
+    assert convergence.stop_epoch(curve, ious) == 21 + WINDOW  # after the climb, a full window without gain
+
     plateau = [0.7] * (MIN_EPOCHS + WINDOW)
     assert convergence.health(plateau, [0.9, 0.5, 0.6]) == CONVERGED
     assert convergence.health([*plateau[:-1], 0.9], [0.9, 0.5, 0.6]) == IMPROVING

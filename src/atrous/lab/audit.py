@@ -38,7 +38,7 @@ def audit_run(job: Job, result: dict, epoch_steps: int) -> dict:
     history = result["history"]
     miou = [h["val"]["miou"] for h in history]
     cap_epochs = math.ceil(job.steps / epoch_steps)
-    stop = convergence.stop_epoch(miou[:cap_epochs])
+    stop = convergence.stop_epoch(miou[:cap_epochs], [h["val"]["iou"] for h in history[:cap_epochs]])
     at_stop, end = history[stop - 1]["val"], history[-1]["val"]
     health = convergence.health(miou[:stop], at_stop["iou"])
     return {

@@ -6,6 +6,8 @@ One rule for every model, read only from the run's own validation curve:
   several epochs early on: all background, or background and the largest class);
 * after that it stops once its validation mIoU is at least ``SOLVED``, or once its best mIoU of the last
   ``WINDOW`` epochs is no more than ``MIN_GAIN`` above its best before them;
+* but never while a class of the validation set is not predicted at all (a partial solution: the audit saw the
+  context module sit on one for 30 epochs, then solve the task);
 * and in any case at the preset's step cap.
 
 The learning rate is constant after a short warm-up, so nothing in a run depends on its budget: a run that the
@@ -38,8 +40,9 @@ HEALTHY = (CONVERGED,)
 RULE = (
     f"one stopping rule for every run: after at least {MIN_EPOCHS} epochs, a run stops once its validation mIoU "
     f"is >= {SOLVED}, or once its best mIoU of the last {WINDOW} epochs is no more than {MIN_GAIN} above its best "
-    f"before them; at the latest at the step cap. The learning rate is constant after warm-up, so a stopped run is "
-    "the prefix of a longer one (the convergence audit compares the two)"
+    "before them, but never while a class is not predicted at all; at the latest at the step cap. The learning "
+    "rate is constant after warm-up, so a stopped run is the prefix of a longer one (the convergence audit "
+    "compares the two)"
 )
 
 
@@ -50,17 +53,18 @@ def plateaued(miou: Sequence[float]) -> bool:
     return max(miou[-WINDOW:]) <= max(miou[:-WINDOW]) + MIN_GAIN
 
 
-def should_stop(miou: Sequence[float]) -> bool:
-    """The stopping rule, on the validation mIoU of the epochs so far."""
-    if len(miou) < MIN_EPOCHS:
+def should_stop(miou: Sequence[float], iou: Sequence[float | None]) -> bool:
+    """The stopping rule, on the validation mIoU of the epochs so far and the last epoch's per-class IoU."""
+    if len(miou) < MIN_EPOCHS or trivial(iou):
         return False
     return miou[-1] >= SOLVED or plateaued(miou)
 
 
-def stop_epoch(miou: Sequence[float]) -> int:
-    """The number of epochs the rule trains on a curve (the whole curve if the rule never fires)."""
+def stop_epoch(miou: Sequence[float], ious: Sequence[Sequence[float | None]]) -> int:
+    """The number of epochs the rule trains on a curve (mIoU and per-class IoU per epoch; the whole curve if the
+    rule never fires)."""
     for epochs in range(1, len(miou) + 1):
-        if should_stop(miou[:epochs]):
+        if should_stop(miou[:epochs], ious[epochs - 1]):
             return epochs
     return len(miou)
 
@@ -74,4 +78,4 @@ def health(miou: Sequence[float], final_iou: Sequence[float | None]) -> str:
     """The health of a run that trained the epochs of ``miou`` (stopped by the rule or at the cap)."""
     if trivial(final_iou):
         return TRIVIAL
-    return CONVERGED if should_stop(miou) else IMPROVING
+    return CONVERGED if should_stop(miou, final_iou) else IMPROVING

@@ -79,7 +79,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
 
     def stop(record: dict) -> bool:
         seen.append(record["val"]["miou"])
-        return convergence.should_stop(seen)
+        return convergence.should_stop(seen, record["val"]["iou"])
 
     with warnings.catch_warnings():
         # A dilated U-Net's bottleneck alone may be gridded; the lab chose its rates because the whole network
