@@ -7,7 +7,8 @@ written per axis, so 1-D, 2-D and 3-D variants and rectangular kernels share cod
 error that names it; nothing is silently treated as the identity.
 
 One module per op family (``conv``, ``resample``, ``indexing``, ``views``, ``pointwise``, ``reductions``,
-``norms``, ``products``); each registers its rules in the one registry, ``base.RULES``, which ``rule_for`` reads.
+``norms``, ``products``, ``unfold``, ``recurrent``); each registers its rules in the one registry,
+``base.RULES``, which ``rule_for`` reads.
 
 Conventions: ``Offsets`` are op-input indices relative to ``q * advance`` (see ``AxisMap``). A rule's optional
 ``finite`` function gives the exact relation on the real tensor sizes, where it differs from clipping the
@@ -21,7 +22,17 @@ import torch
 from atrous.rf.graph import OpCall
 
 # The family modules register their rules on import.
-from atrous.rf.rules import conv, indexing, norms, products, reductions, resample, views  # noqa: F401
+from atrous.rf.rules import (  # noqa: F401
+    conv,
+    indexing,
+    norms,
+    products,
+    recurrent,
+    reductions,
+    resample,
+    unfold,
+    views,
+)
 from atrous.rf.rules.base import AXIS_NAMES, RULES, AxisRule, Channels, Ctx, Effect, Options, RuleFn
 from atrous.rf.rules.pointwise import POINTWISE_EXTRA, pointwise
 from atrous.rf.rules.views import CONSTANT_PACKETS
