@@ -12,6 +12,15 @@ axis is a :class:`Split`: mixed-radix digits (:class:`Part`), each read from one
 weight they had in the unsplit axis, so the same digit can be recognised in two tensors (queries and keys) even
 after an op removed other digits. Token sequences with extra tokens (a class token concatenated in front of the
 patch tokens) keep their positions through ``Loc.offset``: the extra tokens carry no position.
+
+Space-to-depth written as views (TResNet's stem) is the same split with the low digits in the **channel** dim:
+``(B, C, H, W) -> (B, bs * bs * C, H / bs, W / bs)`` makes each axis a Split of an in-block digit in dim 1 and a
+block digit in dim 2 or 3. Nothing else is needed to represent it; the ops that meet it decide per digit
+(``rules.base.spatial_op``): a convolution mixing channels reads the in-block digits whole (output ``(i, j)``
+reads the whole block of each tap) and the output is an ordinary axis again, while a depthwise op keeps them
+and depth-to-space brings them back out. Depth-to-space of channels that carried no digit leaves an axis that
+owns its dim but steps ``k`` indexes per position (:func:`upsampled`); the view rule makes it an ordinary axis
+read through ``index // k``, as nearest upsampling would.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import prod
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,22 @@ def move(loc: Loc | Split | None, where: dict[int, int] | int | Callable[[int], 
     return replace(loc, dim=new(loc.dim))
 
 
+def rows_at(loc: Loc | Split, at: dict[int, int]) -> np.ndarray:
+    """The indexes along an axis (rows of a map over it) held by the elements whose dims ``at`` have the given
+    indexes, whatever the other dims hold. A grid position of a tensor that keeps digits of the axis in its
+    channel dim (space-to-depth, then a depthwise op) holds every block position of those channels."""
+    if isinstance(loc, Loc) and loc.offset:
+        i = at.get(loc.dim, loc.offset) - loc.offset
+        return np.arange(loc.size) if loc.dim not in at else np.array([i] if 0 <= i < loc.size else [], int)
+    parts = parts_of(loc)
+    v = np.arange(prod(p.size for p in parts))
+    keep = np.ones(len(v), dtype=bool)
+    for p, w in zip(parts, current_weights(parts)):
+        if p.dim in at:
+            keep &= (v // w) % p.size == (at[p.dim] // p.inner) % p.size
+    return np.flatnonzero(keep)
+
+
 def input_layout(ndim: int, spatial: int) -> Layout:
     """(N, C, *spatial): axis ``a`` lives in dim ``ndim - spatial + a``."""
     first = ndim - spatial
@@ -139,6 +166,31 @@ def axis_at_dim(layout: Layout, dim: int) -> int | None:
     if len(found) > 1 or isinstance(layout[found[0]], Split) or not layout[found[0]].plain:
         raise ValueError(f"dim {dim} holds several input axes")
     return found[0]
+
+
+def occupants(layout: Layout, dim: int) -> list[tuple[int, Part]]:
+    """The digits living in ``dim``, as (axis, digit) pairs (a plain Loc counts as one digit of weight 1)."""
+    return [(a, p) for a, loc in enumerate(layout) if loc is not None for p in parts_of(loc) if p.dim == dim]
+
+
+def sole_digit(layout: Layout, dim: int, size: int) -> tuple[int, Part] | None:
+    """(axis, digit) when one digit is all ``dim`` holds (its index is the dim index itself), else None."""
+    found = occupants(layout, dim)
+    if len(found) == 1 and found[0][1].inner == 1 and found[0][1].size == size:
+        loc = layout[found[0][0]]
+        if not (isinstance(loc, Loc) and loc.offset):
+            return found[0]
+    return None
+
+
+def upsampled(layout: Layout, axis: int, shape: tuple[int, ...]) -> int | None:
+    """``k`` when axis ``axis`` is a Loc that owns its dim but reads only every ``k``-th step of it (the dim
+    index is ``k * position + s``, with ``s`` from dims that held no axis: depth-to-space written as views, or
+    nearest upsampling by expand and reshape), else None."""
+    loc = layout[axis]
+    if not isinstance(loc, Loc) or loc.offset or loc.inner <= 1 or loc.inner * loc.size != shape[loc.dim]:
+        return None
+    return loc.inner if len(occupants(layout, loc.dim)) == 1 else None
 
 
 def dims_of(loc: Loc | Split) -> set[int]:

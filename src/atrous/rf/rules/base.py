@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cache
 from math import prod
 
 import numpy as np
@@ -127,19 +128,24 @@ def reads_whole(t: TensorArg, layout: Layout) -> Dep:
     return Dep(t, {a: GLOBAL_RULE for a, loc in enumerate(layout) if loc is not None}, MIX)
 
 
+MIXED_DIM = "dim {d} mixes a spatial axis with other dims (a view merged them); the spatial op cannot be followed on it"
+
+
 def spatial_axes(ctx: Ctx, t: TensorArg, k: int) -> list[int | None]:
-    """The axes carried by the last ``k`` dims of ``t`` (None where a dim carries no axis)."""
+    """The axes carried by the last ``k`` dims of ``t`` (None where a dim carries no axis); a dim holding one
+    digit of a split axis and nothing else counts as that axis."""
     layout, ndim = ctx.layout(t), len(t.shape)
-    axes = []
-    for d in range(ndim - k, ndim):
-        try:
-            axes.append(L.axis_at_dim(layout, d))
-        except ValueError:
-            raise ctx.unsupported(
-                f"dim {d} mixes a spatial axis with other dims (a view merged them); "
-                "the spatial op cannot be followed on it"
-            ) from None
-    return axes
+    return [_axis_in_dim(ctx, layout, d, t.shape[d]) for d in range(ndim - k, ndim)]
+
+
+def _axis_in_dim(ctx: Ctx, layout: Layout, d: int, size: int) -> int | None:
+    try:
+        return L.axis_at_dim(layout, d)
+    except ValueError:
+        sole = L.sole_digit(layout, d, size)
+        if sole is None:
+            raise ctx.unsupported(MIXED_DIM.format(d=d)) from None
+        return sole[0]
 
 
 def channels_of(ctx: Ctx, t: TensorArg, out_shape: tuple, out_layout: Layout) -> Channels:
@@ -151,24 +157,117 @@ def channels_of(ctx: Ctx, t: TensorArg, out_shape: tuple, out_layout: Layout) ->
     return MIX
 
 
+def channel_digit(p: Part, c_in: int, c_out: int, channels: Channels) -> tuple[Part | None, bool]:
+    """What becomes of digit ``p`` living in the channel dim (space-to-depth moved it there) when output
+    channels read input channels per ``channels``: (its place in the output's channel dim, or None when every
+    output channel reads all its values; whether that is exact). A grouped convolution keeps the digits that
+    pick the group and reads whole those that vary within a group; a digit cut by group boundaries is read
+    whole, an over-approximation."""
+    if channels.kind == "same" and c_in == c_out:
+        return p, True
+    if channels.kind == "groups":
+        g_in, g_out = c_in // channels.a, c_out // channels.a
+        if p.inner % g_in == 0:
+            return Part(p.dim, p.inner // g_in * g_out, p.size, p.weight), True
+        return None, g_in % (p.inner * p.size) == 0
+    return None, channels.kind == "mix"
+
+
 def spatial_op(
     ctx: Ctx, k: int, rule_for_dim: Callable[[int, int, int], AxisRule], channels: Channels = SAME
-):
-    """A per-axis op on the last ``k`` dims of the first input; every output gets the same effect."""
+) -> list[Effect]:
+    """A per-axis op on the last ``k`` dims of the first input; every output gets the same effect.
+
+    An axis that owns one of those dims gets the op's rule. An axis split into digits (space-to-depth by views,
+    windows in the batch dim) is followed digit by digit (:func:`digits_rule`): a digit owning an operated dim
+    gets the op's rule, one in the channel dim the channel relation (kept by a depthwise op, read whole by a
+    convolution that mixes channels), one in the batch dim is kept. Along a dim where the op is the identity
+    (a 1x1 convolution) every digit is kept, however many axes share the dim."""
     x = ctx.call.inputs[0]
     if x.node is None:
         raise ctx.unsupported("the spatial input is not tracked while other inputs are")
-    axes = spatial_axes(ctx, x, k)
-    out_shape = ctx.out_shapes[0]
-    rules = {}
-    for i, axis in enumerate(axes):
-        d_in, d_out = len(x.shape) - k + i, len(out_shape) - k + i
-        if axis is not None:
-            rules[axis] = rule_for_dim(i, x.shape[d_in], out_shape[d_out])
-    layout = L.with_sizes(ctx.layout(x), out_shape)
+    layout, shape, out_shape = ctx.layout(x), x.shape, ctx.out_shapes[0]
+    first = len(shape) - k
+    out_size = {d: out_shape[d + len(out_shape) - len(shape)] for d in range(first, len(shape))}
+    op_rules = {d: rule_for_dim(d - first, shape[d], out_size[d]) for d in out_size}
+    # Along a dim where the op is the identity (a 1x1 convolution) every digit stays, however many share it
+    # (MobileViTv2's unfolded patches): nothing to follow there.
+    still = {
+        d
+        for d, r in op_rules.items()
+        if r.finite is None and r.periodic == IDENTITY and shape[d] == out_size[d]
+    }
+    for d in sorted(set(op_rules) - still):
+        _axis_in_dim(ctx, layout, d, shape[d])  # refuses a dim that mixes an axis with others
+
+    def op_rule(d: int) -> AxisRule:
+        return op_rules[d]
+
+    # Channels that stay where they are keep any axis living there (tokens as channels of a pooling).
+    keeps_channels = first < 1 or (channels.kind == "same" and shape[first - 1] == out_shape[first - 1])
+    rules, new, notes = {}, [], []
+    for axis, loc in enumerate(layout):
+        dims = L.dims_of(loc) if loc is not None else set()
+        moved = dims & (set(op_rules) - still) or (first - 1 in dims and not keeps_channels)
+        if not moved:
+            new.append(loc)
+        elif isinstance(loc, L.Loc) and loc.plain and loc.dim >= first:
+            rules[axis] = op_rule(loc.dim)
+            new.append(loc)
+        else:
+            placed, rules[axis], exact = _follow_digits(ctx, axis, first, still, op_rule, channels)
+            new.append(placed)
+            name = AXIS_NAMES.get(len(layout), "???")[axis]
+            if rules[axis].periodic.is_global:
+                notes.append(
+                    f"global: {ctx.where} reads digits of {name} whole (positions carried in channels)"
+                )
+            if not exact:
+                notes.append(
+                    f"approximate: {ctx.where} regroups channels that carry digits of axis {name} "
+                    "(space-to-depth); those digits are read whole"
+                )
+    out_layout = L.with_sizes(tuple(new), out_shape)
+    if first > 1 and 1 in L.dims_with_axes(layout):
+        # The input's channel dim carries digits, so the propagation keeps it as one segment: an output
+        # that still carries digits there reads it channel for channel (the "groups" relation of one group
+        # says so, and notes when channels of different reach were merged into it), any other reads it whole.
+        channels = Channels("groups", 1) if 1 in L.dims_with_axes(out_layout) else MIX
     deps = [Dep(x, rules, channels)]
     deps += [reads_whole(t, ctx.layout(t)) for t in ctx.call.inputs[1:] if t.node is not None]
-    return [Effect(layout, deps) for _ in ctx.out_shapes]
+    return [Effect(out_layout, deps, list(notes)) for _ in ctx.out_shapes]
+
+
+def _follow_digits(
+    ctx: Ctx, axis: int, first: int, still: set[int], op_rule: Callable[[int], AxisRule], channels: Channels
+) -> tuple[L.Loc | L.Split | None, AxisRule, bool]:
+    """One axis through :func:`spatial_op` digit by digit: (its output layout, its rule, whether exact)."""
+    x = ctx.call.inputs[0]
+    layout, shape, out_shape = ctx.layout(x), x.shape, ctx.out_shapes[0]
+    loc = layout[axis]
+    if len(out_shape) != len(shape) or (isinstance(loc, L.Loc) and loc.offset):
+        raise ctx.unsupported(MIXED_DIM.format(d=min(L.dims_of(loc))))
+    how: dict[int, AxisRule | str] = {}
+    out: list[Part] = []
+    exact = True
+    for p in L.parts_of(loc):
+        if p.dim in still:
+            out.append(p)
+        elif p.dim >= first:
+            if L.sole_digit(layout, p.dim, shape[p.dim]) != (axis, p):
+                raise ctx.unsupported(MIXED_DIM.format(d=p.dim))
+            how[p.weight] = op_rule(p.dim)
+            out.append(Part(p.dim, 1, out_shape[p.dim], p.weight))
+        elif p.dim == first - 1:  # channels: dim 1, or dim 0 of an unbatched (C, H, W) tensor
+            kept, ok = channel_digit(p, shape[p.dim], out_shape[p.dim], channels)
+            exact = exact and ok
+            if kept is None:
+                how[p.weight] = FREE
+            else:
+                out.append(kept)
+        else:  # batch dim (windows in it): every spatial op keeps it
+            out.append(p)
+    return L.from_parts(out, out_shape), digits_rule(L.parts_of(loc), tuple(out), how), exact
 
 
 def windows_rule(windows: Callable[[int], tuple[int, int] | list[int]], ratio: Fraction) -> AxisMap:
@@ -190,6 +289,76 @@ def digit_values(v: np.ndarray, parts: tuple[Part, ...], weights: list[int]) -> 
     )
 
 
+FREE = "free"  # in digits_rule: a digit read whole
+
+
+def digits_rule(src: tuple[Part, ...], out: tuple[Part, ...], how: dict[int, AxisRule | str]) -> AxisRule:
+    """The rule of an op that treats each digit of a split axis on its own. ``how[weight]`` says, per source
+    digit: absent, the output indexes it unchanged (or, when the output lacks it, reads it whole); ``FREE``, it
+    is read whole (the output may still index it, as softmax within a window does); an :class:`AxisRule`, the
+    output's digit of the same weight reads it through that rule (a convolution along the dim holding it, which
+    may change its size). Output digits the source lacks are unconstrained.
+
+    Output index ``u`` reads source index ``v`` when every digit pair is related. The periodic map follows from
+    the top digit: kept or convolved, the lower digits repeat at every step of it (period: the output's lower
+    positions, advance: the source's); read whole, the unbounded map is global and only ``finite`` is exact.
+    """
+    src = tuple(sorted(src, key=lambda p: p.weight))
+    out = tuple(sorted(out, key=lambda p: p.weight))
+    out_size = {p.weight: p.size for p in out}
+    top = src[-1]
+
+    def per_digit(p: Part) -> np.ndarray:
+        n_out, h = out_size.get(p.weight, 1), how.get(p.weight)
+        if h == FREE or p.weight not in out_size:
+            return np.ones((n_out, p.size), dtype=bool)
+        if h is None:
+            return np.eye(p.size, dtype=bool)
+        from atrous.rf.algebra import relation  # algebra imports the rule types from this module
+
+        return relation(h, p.size, n_out)
+
+    def related(digits: tuple[Part, ...], outs: tuple[Part, ...]) -> np.ndarray:
+        """(output, source) relation of the indexes made of ``outs`` and of ``digits``."""
+        n_in, n_out = prod(p.size for p in digits), prod(q.size for q in outs)
+        v_in = digit_values(np.arange(n_in), digits, [p.weight for p in digits])
+        v_out = digit_values(np.arange(n_out), outs, [q.weight for q in outs])
+        row = {q.weight: i for i, q in enumerate(outs)}
+        rel = np.ones((n_out, n_in), dtype=bool)
+        for i, p in enumerate(digits):
+            u = v_out[row[p.weight]] if p.weight in row else np.zeros(n_out, dtype=int)
+            rel &= per_digit(p)[u][:, v_in[i]]
+        return rel
+
+    @cache
+    def whole() -> np.ndarray:
+        return related(src, out)
+
+    def finite(n_in: int, n_out: int) -> np.ndarray:
+        if whole().shape != (n_out, n_in):
+            raise AssertionError(f"a digit rule of shape {whole().shape} was asked for {(n_out, n_in)}")
+        return whole()
+
+    h = how.get(top.weight)
+    if h == FREE or top.weight not in out_size:
+        return GLOBAL_RULE if whole().all() else AxisRule(AxisMap.constant(GLOBAL), finite)
+    step = h.periodic if isinstance(h, AxisRule) else IDENTITY
+    low = related(src[:-1], tuple(q for q in out if q.weight < top.weight))
+    w_out, w_in = low.shape
+    lows = [np.flatnonzero(row).tolist() for row in low]
+    phases = [
+        GLOBAL
+        if step.phases[f].is_global
+        else Offsets.of(w_in * o + v for o in step.phases[f] for v in lows[r])
+        for f in range(step.period)
+        for r in range(w_out)
+    ]
+    periodic = AxisMap(w_out * step.period, w_in * step.advance, tuple(phases)).normalized()
+    if periodic == IDENTITY and np.array_equal(whole(), np.eye(len(whole()), dtype=bool)):
+        return IDENTITY_RULE
+    return AxisRule(periodic, finite)
+
+
 def digit_rule(src: tuple[Part, ...], out: tuple[Part, ...], free: set[int]) -> AxisRule:
     """Output index ``u`` reads every source index ``v`` that agrees with it on each digit of the source that is
     not ``free`` and that the output also indexes (digits are matched by their weight in the unsplit axis).
@@ -202,7 +371,6 @@ def digit_rule(src: tuple[Part, ...], out: tuple[Part, ...], free: set[int]) -> 
     an unbounded input is global while the in-image relation (``finite``) stays exact.
     Raises ValueError when the two tensors split the axis differently.
     """
-    out_sizes = {p.weight: p.size for p in out}
     # Only the digits that must agree need the same split: free ones (keys of a shorter sequence) need none.
     for a in (p for p in src if p.weight not in free):
         for b in out:
@@ -210,29 +378,11 @@ def digit_rule(src: tuple[Part, ...], out: tuple[Part, ...], free: set[int]) -> 
             overlap = a.weight < b.weight * b.size and b.weight < a.weight * a.size
             if (same and a.size != b.size) or (overlap and not same):
                 raise ValueError("the tensors split a spatial axis into different digits")
-    kept = [p.weight for p in src if p.weight not in free and p.weight in out_sizes]
-    n_in, n_out = prod(p.size for p in src), prod(p.size for p in out)
-
-    def finite(n_in_: int, n_out_: int) -> np.ndarray:
-        key_in = digit_values(np.arange(n_in_), src, kept)
-        key_out = digit_values(np.arange(n_out_), out, kept)
-        return (key_out[:, :, None] == key_in[:, None, :]).all(axis=0)
-
-    top = max(p.weight for p in src)
-    if top not in kept:
-        if not kept:
-            return GLOBAL_RULE
-        return AxisRule(AxisMap.constant(GLOBAL), finite)
-    if top != max(p.weight for p in out):
+    top = max(src, key=lambda p: p.weight)
+    outs = {p.weight for p in out}
+    if top.weight not in free and top.weight in outs and top.weight != max(outs):
         raise ValueError("the output indexes a coarser digit than the source")
-    period = L.current_weights(out)[[p.weight for p in out].index(top)]
-    advance = L.current_weights(src)[[p.weight for p in src].index(top)]
-    rel = finite(advance, period)  # below one step of the top digit the relation is the key relation itself
-    phases = tuple(Offsets.of(np.flatnonzero(rel[f]).tolist()) for f in range(period))
-    periodic = AxisMap(period, advance, phases).normalized()
-    if n_in == n_out and periodic == IDENTITY:
-        return IDENTITY_RULE
-    return AxisRule(periodic, finite)
+    return digits_rule(src, out, {w: FREE for w in free})
 
 
 def packet_rank(packet: str) -> int:

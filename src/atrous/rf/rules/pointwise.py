@@ -2,52 +2,81 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from atrous.rf import layout as L
 from atrous.rf.graph import TensorArg
-from atrous.rf.layout import Loc, Split
+from atrous.rf.layout import Loc, Part, Split
 from atrous.rf.rules.base import (
     BROADCAST_RULE,
+    AxisRule,
     Ctx,
     Dep,
     Effect,
     channels_of,
+    digits_rule,
 )
 
 
 def pointwise_over(ctx: Ctx, inputs: list[TensorArg]) -> list[Effect]:
     """Elementwise op with broadcasting: inputs align to the output's trailing dims; a size-1 dim broadcast
-    along an axis makes every output index read index 0."""
+    along an axis makes every output index read index 0. When the inputs place an axis differently, the output
+    takes the placement that holds every other one's digits (see :func:`_richest`)."""
     out_shape = ctx.out_shapes[0]
     n_out = len(out_shape)
     n_axes = max((len(ctx.layout(t)) for t in inputs), default=0)
-    placed: dict[int, tuple[Loc, bool]] = {}  # axis -> (loc in the output, only known from a broadcast)
+    claims: dict[int, list[tuple[int, Loc | Split]]] = {}  # axis -> (input, placement in output dims)
+    weak: dict[int, Loc] = {}  # axis -> placement known only from a broadcast
     deps = []
-    for t in inputs:
+    for i, t in enumerate(inputs):
         shift = n_out - len(t.shape)
         rules = {}
         for axis, loc in enumerate(ctx.layout(t)):
             if loc is None:
                 continue
-            if isinstance(loc, Split):  # digits have size > 1: never broadcast
-                weak, candidate = False, L.move(loc, shift)
-            else:
-                d = loc.dim + shift
-                weak = t.shape[loc.dim] == 1 and out_shape[d] != 1
-                candidate = Loc(d, 1, out_shape[d]) if weak else replace(loc, dim=d)
-            if weak:
+            if isinstance(loc, Loc) and t.shape[loc.dim] == 1 and out_shape[loc.dim + shift] != 1:
                 rules[axis] = BROADCAST_RULE
-            existing = placed.get(axis)
-            if existing is None or (existing[1] and not weak):
-                placed[axis] = (candidate, weak)
-            elif not weak and not existing[1] and existing[0] != candidate:
-                raise ctx.unsupported("combines tensors whose spatial axes sit in different dims")
+                weak.setdefault(axis, Loc(loc.dim + shift, 1, out_shape[loc.dim + shift]))
+            else:
+                claims.setdefault(axis, []).append((i, L.move(loc, shift)))
         deps.append(Dep(t, rules))
-    layout = L.with_sizes(tuple(placed[a][0] if a in placed else None for a in range(n_axes)), out_shape)
+    placed: list[Loc | Split | None] = [None] * n_axes
+    for axis in range(n_axes):
+        if axis not in claims:
+            placed[axis] = weak.get(axis)
+            continue
+        placed[axis] = _richest(ctx, [loc for _, loc in claims[axis]])
+        for i, loc in claims[axis]:
+            if loc != placed[axis]:
+                deps[i].axes[axis] = _subset_rule(loc, placed[axis])
+    layout = L.with_sizes(tuple(placed), out_shape)
     for dep in deps:
         dep.channels = channels_of(ctx, dep.source, out_shape, layout)
     return [Effect(layout, deps) for _ in ctx.out_shapes]
+
+
+def _key(p: Part) -> tuple[int, int, int]:
+    return p.dim, p.inner, p.size
+
+
+def _richest(ctx: Ctx, locs: list[Loc | Split]) -> Loc | Split:
+    """The placement whose digits include every other placement's digits (same dim, step and size). A tensor
+    whose reduction over in-window tokens kept its window index (a norm within each window) reads only the
+    window digits of the tensor it is combined with; anything else is two incompatible views of one axis."""
+    for cand in locs:
+        have = {_key(p) for p in L.parts_of(cand)}
+        if all({_key(p) for p in L.parts_of(loc)} <= have for loc in locs) and not (
+            isinstance(cand, Loc) and any(isinstance(o, Loc) and o.offset != cand.offset for o in locs)
+        ):
+            return cand
+    raise ctx.unsupported(
+        "combines tensors whose spatial axes sit in different dims; reshape both to the same layout first"
+    )
+
+
+def _subset_rule(loc: Loc | Split, richer: Loc | Split) -> AxisRule:
+    """Output index (digits of ``richer``) -> the index of ``loc``, made of the digits the two share."""
+    weight = {_key(p): p.weight for p in L.parts_of(richer)}
+    src = tuple(Part(p.dim, p.inner, p.size, weight[_key(p)]) for p in L.parts_of(loc))
+    return digits_rule(src, L.parts_of(richer), {})
 
 
 POINTWISE_EXTRA = {

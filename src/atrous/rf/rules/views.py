@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from atrous.rf import layout as L
-from atrous.rf.layout import Split
+from atrous.rf.layout import Loc, Split
 from atrous.rf.rules.base import (
     AXIS_NAMES,
     BROADCAST_RULE,
@@ -13,6 +13,7 @@ from atrous.rf.rules.base import (
     MERGE,
     MIX,
     SAME,
+    AxisRule,
     Ctx,
     Dep,
     Effect,
@@ -20,6 +21,7 @@ from atrous.rf.rules.base import (
     rule,
 )
 from atrous.rf.rules.pointwise import pointwise_over
+from atrous.rf.support import AxisMap, Offsets
 
 
 @rule(
@@ -39,6 +41,7 @@ def _reshape(ctx: Ctx) -> list[Effect]:
     out_shape = ctx.out_shapes[0]
     layout, dropped, lost = L.reshape(ctx.layout(x), x.shape, out_shape)
     rules = {a: BROADCAST_RULE for a in dropped}
+    layout, rules = _own_dims(layout, out_shape, rules)
     notes = []
     names = AXIS_NAMES.get(len(layout), ("?",) * 3)
     for a in lost:
@@ -56,6 +59,21 @@ def _reshape(ctx: Ctx) -> list[Effect]:
     return [Effect(L.with_sizes(layout, out_shape), [Dep(x, rules, SAME if same_channels else MERGE)], notes)]
 
 
+def _own_dims(layout: L.Layout, shape: tuple[int, ...], rules: dict) -> tuple[L.Layout, dict]:
+    """An axis that owns its dim but steps ``k`` dim indexes per position (``index = k * position + s``, with
+    ``s`` from dims that carried no axis) becomes a plain axis of the dim's size, read through ``index // k``.
+    That is depth-to-space written as views (the channel digits become ``s``) and nearest upsampling by expand
+    and reshape; a later convolution or elementwise op then meets an ordinary axis. The channels were merged
+    by the view (see ``MERGE``), which over-approximates only when channels reached different pixels."""
+    new = list(layout)
+    for axis in range(len(layout)):
+        k = L.upsampled(layout, axis, shape)
+        if k is not None:
+            new[axis] = Loc(layout[axis].dim, 1, shape[layout[axis].dim])
+            rules = {**rules, axis: AxisRule(AxisMap(k, 1, (Offsets.of([0]),) * k))}
+    return tuple(new), rules
+
+
 @rule("aten.expand", "aten.expand_as", "aten.broadcast_to")
 def _expand(ctx: Ctx) -> list[Effect]:
     x = ctx.call.inputs[0]
@@ -69,7 +87,11 @@ def _expand(ctx: Ctx) -> list[Effect]:
             continue
         d = loc.dim + shift
         if x.shape[loc.dim] == 1 and out_shape[d] != 1:
+            # Every index along the dim holds the same value: the axis has no position there (None), so an
+            # elementwise op meets no second claim on the dim (a norm over tokens, divided into the tokens).
             rules[axis] = BROADCAST_RULE
+            new.append(None)
+            continue
         new.append(replace(loc, dim=d))
     channels = SAME if shift == 0 and len(x.shape) >= 2 and x.shape[1] == out_shape[1] else MIX
     return [Effect(L.with_sizes(tuple(new), out_shape), [Dep(x, rules, channels)])]
