@@ -60,7 +60,9 @@ def analyze(
 
     ``train_view`` shows training semantics (BatchNorm batch statistics make the RF global);
     ``ignore_statistics`` treats all normalisation statistics as constants (the structural RF).
-    Nothing of input size is allocated: the model runs on shape-only tensors.
+    Nothing of input size is allocated: the model runs on shape-only tensors, unless it reads tensor values in
+    Python (``.item()``, ``bool()`` of a tensor, data-dependent shapes): then it runs once on real tensors of this
+    shape, and ``RFReport.recorded_on`` and a note on every output say so.
     """
     shape = _parse_shape(input_shape)
     if not isinstance(model, nn.Module) and callable(model):
@@ -74,4 +76,16 @@ def analyze(
     prop = Propagation(graph, options)
     periodic = prop.run(PeriodicAlgebra(), with_paths=True)
     outputs = [tensor_rf(prop, periodic[node], node, name) for name, node in graph.outputs.items()]
-    return RFReport(shape, outputs, graph, options, prop, periodic)
+    if graph.recording_note:  # never silently: every output's notes say it, so the printed table does too
+        for out in outputs:
+            out.notes.append(graph.recording_note)
+    return RFReport(
+        shape,
+        outputs,
+        graph,
+        options,
+        prop,
+        periodic,
+        recorded_on=graph.recorded_on,
+        recording_note=graph.recording_note,
+    )

@@ -13,6 +13,16 @@ Ops whose values never depend on their inputs' values (``x.new_zeros(H, W)``, ``
 nodes: an attention mask built from the input's shape and filled by slice assignment (Swin) is a constant
 whatever is written into it. Writing input-derived values into a constant through a view is the one thing that
 would make it silently wrong, so the storages written that way are remembered and reading them is refused.
+
+Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) call ``torch._VF.lstm`` and friends with their weights as
+a flat list; these composite ops check devices before any ATen op reaches the recorder, and would unroll into a
+dozen ops per time step. A function-level mode therefore records each of them as one call (``aten.lstm`` ...),
+with one rule for the whole layer (:mod:`atrous.rf.rules.recurrent`), and runs it on the weights' meta twins.
+
+A model that reads tensor values in Python (``.item()``, ``int()`` or ``bool()`` of a tensor, data-dependent
+shapes such as ``nonzero``) cannot run on meta tensors. :func:`record` then records once more on real tensors
+of the same shape (a random input, the model's parameters copied once: the model is still never modified) and
+says so in ``Graph.recording``; what the model read, and whether it depended on the input, is in its note.
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 
 from atrous.errors import InputShapeError, ModelError, UnsupportedOpError
@@ -69,6 +80,9 @@ class Graph:
     input_node: int
     outputs: dict[str, int]  # output name ("out", "[0]", "aux", ...) -> node id
     input_shape: tuple[int, ...]
+    recorded_on: str = "meta"  # "meta" (shapes only) or "real" (the model reads tensor values)
+    recording_note: str | None = None  # why and how it was recorded on real tensors
+    value_reads: list[ValueRead] = field(default_factory=list)  # real recording: every value the model read
 
 
 class _ModuleStack:
@@ -107,8 +121,79 @@ def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
+# Ops that hand a tensor's value to Python or size their output by values: meta tensors cannot answer them.
+_VALUE_TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
+_READ_NAMES = {  # what the user wrote, for the ops that read one value
+    "aten._local_scalar_dense": ".item(), int(), float() or bool() of a tensor",
+    "aten.is_nonzero": "bool() of a tensor",
+    "aten.equal": "torch.equal",
+}
+# Reads that never reach the dispatcher (the data is copied out directly): recognised by their message only.
+_META_READ_MESSAGES = ("Cannot copy out of meta tensor", "can't convert meta device type tensor to numpy")
+
+# Recurrent layers as nn.RNN/LSTM/GRU call them; recorded as one call each (see the module docstring).
+_RNN_LAYERS = {
+    torch._C._VariableFunctions.lstm: "lstm",
+    torch._C._VariableFunctions.gru: "gru",
+    torch._C._VariableFunctions.rnn_tanh: "rnn_tanh",
+    torch._C._VariableFunctions.rnn_relu: "rnn_relu",
+}
+# One step of each (nn.LSTMCell ...), written in a Python loop over the sequence: also one call each, since their
+# decomposition gates views of one buffer in place, which the recorder refuses to follow.
+_RNN_CELLS = {
+    torch._C._VariableFunctions.lstm_cell: "lstm_cell",
+    torch._C._VariableFunctions.gru_cell: "gru_cell",
+    torch._C._VariableFunctions.rnn_tanh_cell: "rnn_tanh_cell",
+    torch._C._VariableFunctions.rnn_relu_cell: "rnn_relu_cell",
+}
+
+
+def _reads_values(func) -> bool:
+    return f"{func.namespace}.{func._opname}" in _READ_NAMES or any(t in func.tags for t in _VALUE_TAGS)
+
+
+@dataclass(frozen=True)
+class ValueRead:
+    """A place where the model read a tensor's value in Python."""
+
+    op: str  # the ATen packet, e.g. "aten._local_scalar_dense"
+    module: str
+    from_input: bool  # the value depends on the model input (so may the graph)
+
+    def describe(self) -> str:
+        what = _READ_NAMES.get(self.op, f"a shape that depends on values ({self.op})")
+        return f"{what} in module '{self.module or '<model>'}'"
+
+
+class _NeedsValues(Exception):
+    """Recording on meta tensors failed because the model reads a value; record on real tensors instead."""
+
+    def __init__(self, read: ValueRead | None, message: str) -> None:
+        super().__init__(message)
+        self.read = read
+
+
+class _LayerCalls(TorchFunctionMode):
+    """Sees the recurrent layers' composite calls before they unroll (see the module docstring)."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RNN_LAYERS or func in _RNN_CELLS:
+            return self.recorder.recurrent(func, args, kwargs)
+        return func(*args, **kwargs)
+
+
 class _Recorder(TorchDispatchMode):
-    def __init__(self, modules: _ModuleStack, constants: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        modules: _ModuleStack,
+        constants: frozenset[str] = frozenset(),
+        own: dict[int, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.modules = modules
         self.constants = constants  # op packets whose outputs do not depend on the input's values
@@ -121,15 +206,32 @@ class _Recorder(TorchDispatchMode):
         # Tensors whose storage was written through another alias: their node no longer tells the truth.
         self.stale: dict[int, str] = {}
         self.failed_in: str | None = None
-        self.meta: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(real tensor) -> (real, meta twin)
+        self.twins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(original) -> (original, twin)
+        # Real mode: the model's parameters and buffers (by id), copied once when first used so that nothing an
+        # op writes reaches the model. None: meta mode, every real tensor gets a shape-only twin.
+        self.own = own
+        self.value_read: ValueRead | None = None  # meta mode: the value read that made recording fail
+        self.reads: list[ValueRead] = []  # real mode: every value read
 
-    def to_meta(self, value: Any) -> Any:
-        if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+    @property
+    def real(self) -> bool:
+        return self.own is not None
+
+    def twin(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
             return value
-        entry = self.meta.get(id(value))
+        if self.own is not None:
+            if self.own.get(id(value)) is not value:
+                return value
+        elif value.device.type == "meta":
+            return value
+        entry = self.twins.get(id(value))
         if entry is None or entry[0] is not value:
-            twin = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
-            entry = self.meta[id(value)] = (value, twin)
+            device = value.device if self.own is not None else "meta"
+            twin = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=device)
+            if self.own is not None:
+                twin.copy_(value)
+            entry = self.twins[id(value)] = (value, twin)
         return entry[1]
 
     def track(self, t: torch.Tensor, op: OpCall | None, name: str) -> int:
@@ -143,11 +245,7 @@ class _Recorder(TorchDispatchMode):
         entry = self.tracked.get(id(t))
         return entry[1] if entry is not None and entry[0] is t else None
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        args, kwargs = tree_map(self.to_meta, args), tree_map(self.to_meta, kwargs or {})
-        flat, _ = tree_flatten((args, kwargs))
-        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
-        module = self.modules.current
+    def _refuse_aliased(self, func, tensors: list[torch.Tensor], module: str) -> None:
         for t in tensors:
             tracked = self.node_of(t) is not None
             why = (
@@ -163,11 +261,69 @@ class _Recorder(TorchDispatchMode):
                     f"through another view ({why}); the receptive-field engine cannot follow "
                     "writes through aliases: use out-of-place operations there"
                 )
-        if f"{func.namespace}.{func._opname}" in self.constants or not any(
-            self.node_of(t) is not None for t in tensors
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        args, kwargs = tree_map(self.twin, args), tree_map(self.twin, kwargs or {})
+        flat, _ = tree_flatten((args, kwargs))
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        module = self.modules.current
+        self._refuse_aliased(func, tensors, module)
+        tracked = any(self.node_of(t) is not None for t in tensors)
+        if self.real and _reads_values(func):
+            self.reads.append(ValueRead(f"{func.namespace}.{func._opname}", module, tracked))
+        if f"{func.namespace}.{func._opname}" in self.constants or not tracked:
+            return self._run(func, args, kwargs, module, tracked)
+        out = self._run(func, args, kwargs, module, tracked)
+        self._record(func, args, kwargs, out, module)
+        return out
+
+    def recurrent(self, func, args, kwargs):
+        """One recurrent layer (all its layers and directions) or one cell step as one call ``aten.lstm`` etc."""
+        cell = func in _RNN_CELLS
+        name = _RNN_CELLS[func] if cell else _RNN_LAYERS[func]
+        module = self.modules.current
+        with _disable_current_modes():  # the layer's own steps are neither recorded nor needed
+            args, kwargs = tree_map(self.twin, args), tree_map(self.twin, kwargs)
+            flat, _ = tree_flatten((args, kwargs))
+            tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+            self._refuse_aliased(func, tensors, module)
+            if self.real:
+                out = self._run(func, args, kwargs, module, False)
+            else:
+                out = self._rnn_shapes(name, args, cell)
+        if not any(self.node_of(t) is not None for t in tensors):
+            return out
+        # lstm(data, batch_sizes, hx, ...) and gru(data, batch_sizes, hx, ...) take a PackedSequence's parts.
+        if not cell and (
+            isinstance(args[1], torch.Tensor) if name == "lstm" else isinstance(args[2], torch.Tensor)
         ):
-            return self._run(func, args, kwargs, module)
-        out = self._run(func, args, kwargs, module)
+            raise UnsupportedOpError(
+                f"{name} at module '{module or '<model>'}' runs on a packed sequence, which has no "
+                "receptive-field rule (its lengths are values): pass the padded tensor instead"
+            )
+        op = getattr(torch.ops.aten, name)
+        self._record(op.default if cell else op.input, args, kwargs, out, module)
+        return out
+
+    def _rnn_shapes(self, name: str, args: tuple, cell: bool) -> Any:
+        """Shape-only outputs of a recurrent layer or cell, from its input and state: running a layer on meta
+        tensors unrolls it into Python meta kernels, half a second per layer (Sequencer2d: 20 s)."""
+        x, hx = args[0], args[1]
+        states = list(hx) if isinstance(hx, (list, tuple)) else [hx]
+        weight = args[2] if cell else args[2][0] if isinstance(args[2], (list, tuple)) and args[2] else None
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and x.shape[-1] != weight.shape[1]:
+            raise InputShapeError(
+                f"recurrent layer '{self.modules.current or '<model>'}' expects {weight.shape[1]} input features "
+                f"but gets {x.shape[-1]} (input shape {tuple(x.shape)}); give it {weight.shape[1]} features"
+            )
+        if cell:  # the new state has the old one's shape
+            new = tuple(torch.empty_like(h) for h in states)
+            return new if name == "lstm_cell" else new[0]
+        directions = 2 if args[-2] else 1  # (..., bidirectional, batch_first)
+        out = torch.empty((*x.shape[:-1], directions * states[0].shape[-1]), dtype=x.dtype, device="meta")
+        return (out, *(torch.empty_like(h) for h in states))
+
+    def _record(self, func, args, kwargs, out, module: str) -> None:
         call = self._describe(func, args, kwargs, module)
         mutated_ids = {id(call_input) for call_input in self._mutated_tensors(func, args, kwargs)}
         out_flat, _ = tree_flatten(out)
@@ -181,14 +337,17 @@ class _Recorder(TorchDispatchMode):
             self.written[_storage_key(t)] = f"written in place by {label}"
         self._mark_aliases_stale(mutated_ids, label)
         self.calls.append(call)
-        return out
 
-    def _run(self, func, args, kwargs, module: str):
+    def _run(self, func, args, kwargs, module: str, tracked: bool):
         try:
             return func(*args, **kwargs)
         except Exception as exc:
             # Forward hooks unwind the module stack before the error reaches record(): remember where it was.
             self.failed_in = self.failed_in or module or "<model>"
+            if not self.real and isinstance(func, torch._ops.OpOverload) and _reads_values(func):
+                self.value_read = self.value_read or ValueRead(
+                    f"{func.namespace}.{func._opname}", module, tracked
+                )
             if func._opname == "convolution" and len(args) >= 2:
                 x, w = args[0], args[1]
                 groups = args[8] if len(args) > 8 else kwargs.get("groups", 1)
@@ -279,27 +438,81 @@ def record(model: nn.Module, input_shape: tuple[int, ...], constants: frozenset[
     """Run ``model`` once on a fake input of ``input_shape`` (batch included) and return the op graph.
 
     The model is analysed in eval mode (restored afterwards) so that inference semantics decide the graph.
-    Ops named in ``constants`` (packets such as ``aten.new_zeros``) make untracked constants.
+    Ops named in ``constants`` (packets such as ``aten.new_zeros``) make untracked constants. A model that reads
+    tensor values in Python is recorded once more on real tensors (``Graph.recorded_on == "real"``).
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    try:
+        return _record_once(model, input_shape, constants, real=False)
+    except _NeedsValues as need:
+        graph = _record_once(model, input_shape, constants, real=True, need=need)
+        graph.recorded_on = "real"
+        graph.recording_note = _real_note(need, graph.value_reads)
+        return graph
+
+
+def _real_note(need: _NeedsValues, reads: list[ValueRead]) -> str:
+    first = need.read or (reads[0] if reads else None)
+    what = first.describe() if first is not None else f"tensor data copied out in Python ({need})"
+    note = (
+        "recorded on real tensors (one forward of a random input), not on shape-only ones: the model reads "
+        f"tensor values, {what}; "
+    )
+    from_input = [r for r in reads if r.from_input]
+    if from_input:
+        return note + (
+            f"{len(from_input)} value(s) read depend on the input ({from_input[0].describe()}), so the graph is "
+            "the one this random input took: another input may take another path"
+        )
+    if reads:
+        return note + "no value read depends on the input, so the graph holds for every input of this shape"
+    return note + "whether the values read depend on the input could not be seen"
+
+
+def _record_once(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    constants: frozenset[str],
+    real: bool,
+    need: _NeedsValues | None = None,
+) -> Graph:
     modes = {m: m.training for m in model.modules()}
     model.eval()
     stack = _ModuleStack(model)
-    recorder = _Recorder(stack, constants)
+    own = {id(t): t for t in (*model.parameters(), *model.buffers())} if real else None
+    recorder = _Recorder(stack, constants, own)
     try:
-        x = torch.empty(input_shape, device="meta")
+        if real:
+            # The input's values only matter for what the model reads; a fixed seed keeps the graph reproducible.
+            ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+            dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+            device = ref.device if ref is not None else torch.device("cpu")
+            gen = torch.Generator(device=device).manual_seed(0)
+            x = torch.rand(input_shape, generator=gen, dtype=dtype, device=device)
+        else:
+            x = torch.empty(input_shape, device="meta")
         input_node = recorder.track(x, None, "input")
         try:
-            with torch.no_grad(), recorder:
+            with torch.no_grad(), _LayerCalls(recorder), recorder:
                 out = model(x)
         except (UnsupportedOpError, ModelError, InputShapeError):
             raise
         except Exception as exc:  # the model itself refused this input: a user error, said in one line
             where = recorder.failed_in or stack.current or "<model>"
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "meta" in first_line:
-                hint = "the model reads tensor values in Python (e.g. .item()); the engine sees shapes only"
+            if not real and (recorder.value_read is not None or first_line.startswith(_META_READ_MESSAGES)):
+                raise _NeedsValues(recorder.value_read, first_line) from exc
+            if real:
+                hint = (
+                    f"recorded on real tensors because the model reads values ({need}), and it failed there "
+                    "too: check the channel count and the input size"
+                )
+            elif "meta" in first_line:
+                hint = (
+                    "the model needs tensor data (a CPU tensor) where the engine gives it a shape-only one; "
+                    "compute that value outside the model or from shapes"
+                )
             else:
                 hint = "check the channel count and that the input is not smaller than the model allows"
             raise InputShapeError(
@@ -316,4 +529,6 @@ def record(model: nn.Module, input_shape: tuple[int, ...], constants: frozenset[
             m.train(mode)
     if not outputs:
         raise ModelError("the model returned no tensor that depends on its input; nothing to analyse")
-    return Graph(recorder.nodes, recorder.calls, input_node, outputs, tuple(input_shape))
+    graph = Graph(recorder.nodes, recorder.calls, input_node, outputs, tuple(input_shape))
+    graph.value_reads = recorder.reads
+    return graph

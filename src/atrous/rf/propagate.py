@@ -8,18 +8,17 @@ in the periodic algebra the classes of paths by window centre that decide alignm
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from itertools import pairwise
 from math import ceil
 
-from atrous.errors import UnsupportedOpError
+from atrous.errors import AtrousError, UnsupportedOpError
 from atrous.rf import layout as L
 from atrous.rf.algebra import Algebra, Term, same_terms, union_terms
 from atrous.rf.graph import Graph, OpCall
 from atrous.rf.layout import Layout
-from atrous.rf.rules import AxisRule, Channels, Ctx, Effect, Options, rule_for
-from atrous.rf.support import IDENTITY, AxisMap, compose
+from atrous.rf.rules import AXIS_NAMES, Channels, Ctx, Effect, Options, rule_for
+from atrous.rf.support import IDENTITY, PHASE_LIMIT, AxisMap, GrowthError, compose_endpoints
 
 
 @dataclass
@@ -41,10 +40,10 @@ def map_channels(alg: Algebra, segments: list[Segment], ch: Channels, c_in: int,
         g = ch.a
         out: list[Segment] = []
         read_before = None
-        for i in range(g):
+        for i, end in _group_runs(segments, g, c_in):
             lo, hi = i * c_in // g, (i + 1) * c_in // g
             read = [k for k, s in enumerate(segments) if s.start < hi and s.stop > lo]
-            start, stop = i * c_out // g, (i + 1) * c_out // g
+            start, stop = i * c_out // g, end * c_out // g
             if read == read_before:  # the same input segments as the group before: the same union (depthwise)
                 out[-1] = Segment(out[-1].start, stop, out[-1].terms)
                 continue
@@ -62,6 +61,20 @@ def map_channels(alg: Algebra, segments: list[Segment], ch: Channels, c_in: int,
                 out.append(Segment(j0, j1, s.terms))
         return out
     raise ValueError(f"unknown channel relation {ch.kind}")
+
+
+def _group_runs(segments: list[Segment], g: int, c_in: int) -> list[tuple[int, int]]:
+    """Groups ``i:end`` that read the same input segments, as runs: a group's segments can differ from the
+    previous group's only where a segment boundary falls in that group or the one before, so only those groups
+    need a look. A depthwise convolution has a group per channel (3,840 in EfficientNetV2-L) and usually one
+    segment: one run instead of a scan of every group."""
+    starts = {0}
+    for s in segments:
+        for p in (s.start, s.stop):
+            i = min(p * g // c_in, g - 1)
+            starts.update(j for j in (i, i + 1) if j < g)
+    cuts = sorted(starts)
+    return list(zip(cuts, [*cuts[1:], g]))
 
 
 def combine(alg: Algebra, pieces: list[Segment], c_out: int) -> tuple[Segment, ...]:
@@ -144,6 +157,8 @@ class Propagation:
         return 1 if loc is None else loc.size
 
     def run(self, alg: Algebra, with_paths: bool = False) -> dict[int, NodeState]:
+        """What reaches every tensor; raises :class:`AnalysisTooLargeError` (naming the module and what grew)
+        when a tensor's index maps or path classes outgrow :data:`PHASE_LIMIT`."""
         g = self.graph
         start = tuple(alg.identity(a) for a in range(self.spatial))
         c_in = self.channels(g.input_node)
@@ -155,17 +170,53 @@ class Propagation:
         states = {
             g.input_node: NodeState(self.layouts[g.input_node], (Segment(0, c_in, (start,)),), (), paths0)
         }
+        memo = _PathMemo() if with_paths else None
+        # Path-class dicts already counted: most ops pass theirs on unchanged. The states keep every dict alive
+        # through the run, so an id stays its own.
+        self._checked: set[int] = set()
         for call, effects in self.effects:
             for node, effect in zip(call.outputs, effects):
-                states[node] = self._apply(alg, effect, node, states, with_paths)
+                # A map of the result over the budget is said before the work (GrowthError), the sum after.
+                try:
+                    states[node] = self._apply(alg, effect, node, states, memo)
+                except GrowthError as exc:
+                    raise self._too_large(node, "an index map", exc.phases) from None
+                self._check_growth(node, states[node])
         return states
 
-    def _apply(self, alg: Algebra, effect: Effect, node: int, states: dict, with_paths: bool) -> NodeState:
+    def _check_growth(self, node: int, state: NodeState) -> None:
+        """Stop when the maps of one tensor along one axis add up to more than :data:`PHASE_LIMIT` phases: each
+        is under the limit, but time and memory go with the sum (path classes multiply where branches with
+        different resampling meet, e.g. GhostNetV2's gates at 224x224: 946 classes of period 343)."""
+        for a in range(self.spatial):
+            terms = sum(t[a].period for s in state.segments for t in s.terms if isinstance(t[a], AxisMap))
+            if terms > PHASE_LIMIT:
+                raise self._too_large(node, "the index maps of its union of paths", terms, a)
+            found = state.paths[a] if state.paths else {}
+            if len(found) > 1 and id(found) not in self._checked:
+                self._checked.add(id(found))
+                classes = sum(w.period for w in found.values())
+                if classes > PHASE_LIMIT:
+                    what = f"the alignment check's {len(found):,} classes of paths"
+                    raise self._too_large(node, what, classes, a)
+
+    def _too_large(self, node: int, what: str, phases: int, axis: int | None = None) -> AnalysisTooLargeError:
+        where = f" along {AXIS_NAMES[self.spatial][axis]}" if axis is not None else ""
+        return AnalysisTooLargeError(
+            f"receptive-field analysis stopped at '{self._name(node)}': {what}{where} would need {phases:,} "
+            f"phases (limit {PHASE_LIMIT:,}); resampling to sizes the input does not divide (pooling an odd "
+            "size, then resizing back to it) multiplies the periods of the index maps; analyse at an input size "
+            "every downsampling divides evenly (a multiple of the network's total stride, e.g. 256)"
+        )
+
+    def _apply(
+        self, alg: Algebra, effect: Effect, node: int, states: dict, memo: _PathMemo | None
+    ) -> NodeState:
         c_out = self.channels(node)
         pieces: list[Segment] = []
         notes: list[str] = list(effect.notes)
         merged = False
-        paths: list[dict] = [{} for _ in range(self.spatial)] if with_paths else []
+        sources: list[list[dict]] = [[] for _ in range(self.spatial)] if memo is not None else []
         for dep in effect.deps:
             src = dep.source.node
             state = states[src]
@@ -190,31 +241,63 @@ class Propagation:
             pieces += map_channels(alg, moved, dep.channels, c_src, c_out)
             notes += state.notes
             merged = merged or state.channels_merged
-            if with_paths:
-                _move_paths(state.paths, rules, paths)
+            if memo is not None:
+                for a, by_centre in enumerate(state.paths):
+                    sources[a].append(
+                        _moved_classes(by_centre, rules[a].periodic, memo) if a in rules else by_centre
+                    )
         segments = combine(alg, pieces, c_out) if pieces else (Segment(0, c_out, ()),)
-        return NodeState(effect.layout, segments, tuple(dict.fromkeys(notes)), tuple(paths), merged)
+        paths = tuple(_merge_classes(found) for found in sources)
+        return NodeState(effect.layout, segments, tuple(dict.fromkeys(notes)), paths, merged)
 
     def _name(self, node: int) -> str:
         return self.graph.nodes[node].name
 
 
-def _move_paths(classes: tuple[dict, ...], rules: dict[int, AxisRule], into: list[dict]) -> None:
-    """Path classes through one dependency: along an axis the op reads through a rule, each class's window
-    moves and is keyed again by its new centre (classes that now agree fall together); other axes keep theirs."""
-    for a, by_centre in enumerate(classes):
-        for key, window in by_centre.items():
-            if a in rules:
-                window = _moved(window, rules[a].periodic)
-                key = centre_key(window)
-            into[a][key] = window
+class AnalysisTooLargeError(AtrousError):
+    """The analysis outgrew its budget (:data:`PHASE_LIMIT` phases of index maps along one axis of a tensor)."""
 
 
-@lru_cache(maxsize=4096)
-def _moved(window: AxisMap, periodic: AxisMap) -> AxisMap:
-    """A path class's window after one op. Cached: the same windows meet the same rules over and over (Swin-B:
-    913 distinct pairs among 22,000 moves, half of its analysis time before)."""
-    return compose(window, periodic).endpoints().normalized()
+@dataclass
+class _PathMemo:
+    """Per-run caches of the alignment check: moved class dicts by (identity of the dict, rule), and moved
+    windows by (window, rule). Per run, so that nothing outlives the analysis."""
+
+    classes: dict = field(default_factory=dict)
+    windows: dict = field(default_factory=dict)
+
+
+def _moved_classes(by_centre: dict, periodic: AxisMap, memo: _PathMemo) -> dict:
+    """One axis's path classes through one rule: each class's window moves and is keyed again by its new centre
+    (classes that now agree fall together, the last one written standing for them). Memoised by the identity
+    of the class dict, which the states keep alive through the run (the memo holds it too): a tensor read by
+    several ops through the same rule (a residual, a ghost module's two branches) moves its classes once."""
+    key = (id(by_centre), periodic)
+    hit = memo.classes.get(key)
+    if hit is not None:
+        return hit[1]
+    out: dict = {}
+    windows = memo.windows
+    for window in by_centre.values():
+        # The same windows meet the same rules over and over (Swin-B: 913 distinct pairs among 22,000 moves).
+        found = windows.get((window, periodic))
+        if found is None:
+            moved = compose_endpoints(window, periodic)
+            found = windows[(window, periodic)] = (moved, centre_key(moved))
+        out[found[1]] = found[0]
+    memo.classes[key] = (by_centre, out)
+    return out
+
+
+def _merge_classes(found: list[dict]) -> dict:
+    """The classes reaching a tensor from all its dependencies, as if written one after another. Class dicts are
+    never changed once built, so a single source is shared rather than copied (most ops have one)."""
+    if found and all(d is found[0] for d in found[1:]):
+        return found[0]
+    merged: dict = {}
+    for d in found:  # in order, repeats too: which window stands for a shared centre depends on it
+        merged.update(d)
+    return merged
 
 
 def centre_key(m: AxisMap) -> tuple:

@@ -193,11 +193,35 @@ def _area_coverage(terms: list[Term], axes: list[AxisRF], limit: int = 1 << 24) 
     shape = [top - bottom + 1 for bottom, top in zip(lo, hi)]
     if prod(shape) > limit:
         return None
+    boxes = [b for b in boxes if not any(s.empty for s in b)]
+    if all(s.is_interval for b in boxes for s in b):
+        return _interval_union_size(boxes) / prod(shape)
     grid = np.zeros(shape, dtype=bool)
     for b in boxes:
-        idx = [np.fromiter((v - lo[i] for v in b[i]), dtype=np.int64) for i in range(len(axes))]
-        grid[np.ix_(*idx)] = True
+        grid[_box_index(b, lo)] = True
     return float(grid.mean())
+
+
+def _interval_union_size(boxes: list[list[Offsets]]) -> int:
+    """Number of pixels in a union of hole-free boxes, on the grid of their edges (a few cells per axis
+    instead of every pixel of a window that may span the whole image, for every layer of the report)."""
+    cuts = [sorted({e for b in boxes for e in (b[i].lo, b[i].hi + 1)}) for i in range(len(boxes[0]))]
+    covered = np.zeros([len(c) - 1 for c in cuts], dtype=bool)
+    for b in boxes:
+        covered[tuple(slice(c.index(s.lo), c.index(s.hi + 1)) for s, c in zip(b, cuts))] = True
+    widths = [np.diff(c) for c in cuts]
+    cell_sizes = widths[0]
+    for w in widths[1:]:
+        cell_sizes = np.multiply.outer(cell_sizes, w)
+    return int((covered * cell_sizes).sum())
+
+
+def _box_index(sets: Sequence[Offsets], origin: Sequence[int]) -> tuple:
+    """Index of the product of ``sets`` in a grid whose element 0 is ``origin``: a slice per hole-free axis
+    (most windows; filling a box through slices is many times faster than through index arrays), else arrays."""
+    if all(s.is_interval for s in sets):
+        return tuple(slice(s.lo - o, s.hi - o + 1) for s, o in zip(sets, origin))
+    return np.ix_(*[s.members() - o for s, o in zip(sets, origin)])
 
 
 @dataclass
@@ -220,6 +244,8 @@ class RFReport:
     _prop: Propagation = field(repr=False)
     _periodic: dict[int, NodeState] = field(repr=False)
     _finite: dict[int, NodeState] | None = field(default=None, repr=False)
+    recorded_on: str = "meta"  # "real": the model reads tensor values, so it ran once on real tensors
+    recording_note: str | None = None  # why, and what was read (also a note on every output)
 
     def output(self, name: str | None = None) -> TensorRF:
         """The report of one output (the first when ``name`` is None; names as in :func:`named_outputs`)."""
@@ -277,11 +303,7 @@ class RFReport:
         shape = tuple(max(b[a].hi for b in boxes) - origin[a] + 1 for a in range(len(index)))
         mask = np.zeros(shape, dtype=bool)
         for b in boxes:
-            mask[
-                np.ix_(
-                    *[np.fromiter((v - origin[a] for v in b[a]), dtype=np.int64) for a in range(len(index))]
-                )
-            ] = True
+            mask[_box_index(b, origin)] = True
         return origin, mask
 
     def support(self, index: Sequence[int], output: str | None = None) -> np.ndarray:
@@ -308,6 +330,8 @@ class RFReport:
         data: dict[str, Any] = {
             "input": list(self.input_shape),
             "mode": "train-view" if self.options.train_batchnorm else "eval",
+            "recorded_on": self.recorded_on,
+            "recording_note": self.recording_note,
             "outputs": [o.to_json() for o in self.outputs],
         }
         if layers:

@@ -19,7 +19,34 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from math import gcd
+
+import numpy as np
+
+# The most phases one index map may have. A resampling to a size its input does not divide (pool 97 -> 48,
+# resize back to 97) has period 97; stacked, such periods multiply (GhostNetV2 at 193x193: 97, 4753, 118825, ...)
+# and so do time and memory. Legitimate periods stay near the image size (one resize to the input size), or
+# near its square for two resizes in a row: this limit passes those for images up to about 180 pixels a side
+# without a second thought, and above that still any single resize up to 32,768 pixels.
+PHASE_LIMIT = 1 << 15
+
+
+class GrowthError(ValueError):
+    """An index map would need more than :data:`PHASE_LIMIT` phases; raised before the work is done, so the
+    propagation can name the module and stop (:mod:`atrous.rf.propagate` turns it into an AtrousError)."""
+
+    def __init__(self, phases: int, limit: int = PHASE_LIMIT) -> None:
+        super().__init__(f"an index map would need {phases:,} phases (limit {limit:,})")
+        self.phases = phases
+        self.limit = limit
+
+
+def check_period(period: int) -> int:
+    """``period``, or :class:`GrowthError` when it is over the budget."""
+    if period > PHASE_LIMIT:
+        raise GrowthError(period)
+    return period
 
 
 class Offsets:
@@ -131,9 +158,27 @@ class Offsets:
             acc |= large.bits << (s - base)
         return Offsets(large.lo + base, acc)
 
+    def _flags(self) -> np.ndarray:
+        """One bool per position of ``[lo, hi]``: unpacked in C, since windows of deep networks span thousands
+        of pixels and a bit-by-bit Python loop over every window of every layer took most of a report."""
+        n = self.bits.bit_length()
+        raw = np.frombuffer(self.bits.to_bytes((n + 7) // 8, "little"), dtype=np.uint8)
+        return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
+
+    def members(self) -> np.ndarray:
+        """The members, ascending, as an int64 array."""
+        return np.flatnonzero(self._flags()).astype(np.int64) + self.lo
+
+    @property
+    def is_interval(self) -> bool:
+        """Whether the set is ``lo..hi`` without holes (the empty set counts as one)."""
+        return self.bits & (self.bits + 1) == 0
+
     def holes(self) -> list[int]:
         """Positions inside ``[lo, hi]`` that are not members, relative to ``lo``."""
-        return [i for i in range(self.extent) if not (self.bits >> i) & 1]
+        if self.is_interval:
+            return []
+        return np.flatnonzero(~self._flags()).tolist()
 
 
 class _Global(Offsets):
@@ -176,6 +221,16 @@ class _Global(Offsets):
     def minkowski(self, shifts: Offsets) -> Offsets:
         return self if not shifts.empty else EMPTY
 
+    @property
+    def is_interval(self) -> bool:
+        return False
+
+    def members(self) -> np.ndarray:
+        raise ValueError("a global offset set cannot be enumerated")
+
+    def holes(self) -> list[int]:
+        return []
+
 
 EMPTY = Offsets(0, 0)
 GLOBAL: Offsets = _Global()
@@ -192,6 +247,15 @@ class AxisMap:
     def __post_init__(self) -> None:
         if self.period < 1 or len(self.phases) != self.period:
             raise ValueError(f"an AxisMap needs period >= 1 and one offset set per phase, got {self!r}")
+
+    def __hash__(self) -> int:
+        # Maps key the propagation's caches, where the same map is looked up many times: the hash a frozen
+        # dataclass generates would hash every phase's bitset again on each lookup (a third of MaxViT's time).
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.period, self.advance, self.phases))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     # -- constructors ---------------------------------------------------------------------------------------
     @staticmethod
@@ -262,7 +326,7 @@ class AxisMap:
             return other
         if self.stride != other.stride:
             return None
-        P = self.period * other.period // gcd(self.period, other.period)
+        P = check_period(self.period * other.period // gcd(self.period, other.period))
         a, b = self.lift(P), other.lift(P)
         return AxisMap(P, a.advance, tuple(x | y for x, y in zip(a.phases, b.phases))).normalized()
 
@@ -271,7 +335,7 @@ class AxisMap:
             return True
         if self.stride != other.stride:
             return False
-        P = self.period * other.period // gcd(self.period, other.period)
+        P = check_period(self.period * other.period // gcd(self.period, other.period))
         a, b = self.lift(P), other.lift(P)
         return all(x.issubset(y) for x, y in zip(a.phases, b.phases))
 
@@ -301,6 +365,7 @@ def compose(inner: AxisMap, rule: AxisMap) -> AxisMap:
         return EMPTY_MAP
     P, A = inner.period, inner.advance
     k = P // gcd(rule.advance, P)
+    check_period(k * rule.period)
     t = k * rule.advance // P
     whole = None  # union of every inner phase: what a GLOBAL rule phase reads
     phases: list[Offsets] = []
@@ -322,3 +387,63 @@ def compose(inner: AxisMap, rule: AxisMap) -> AxisMap:
                 acc = acc | inner.phases[r].minkowski(Offsets.of(shifts))
             phases.append(acc)
     return AxisMap(k * rule.period, t * A, tuple(phases)).normalized()
+
+
+def compose_endpoints(inner: AxisMap, rule: AxisMap) -> AxisMap:
+    """``compose(inner, rule).endpoints().normalized()``, without building the offset sets in between.
+
+    A phase of :func:`compose` is a union of Minkowski sums ``inner.phases[r] + {q * A}`` over the rule's taps;
+    its first member is the least ``inner.phases[r].lo + q * A`` and its last the greatest ``hi + q * A``, so
+    window ends follow from the ends alone (the path classes of the alignment check keep nothing else), and per
+    inner phase ``r`` only the least and greatest ``q`` matter (:func:`_tap_plan`). Both results describe the
+    same function of the output index, and ``normalized`` gives one spelling per function.
+    """
+    if inner.is_empty or rule.is_empty:
+        return EMPTY_MAP
+    P, A = inner.period, inner.advance
+    check_period(P // gcd(rule.advance, P) * rule.period)
+    k, t, plan = _tap_plan(rule, P)
+    ends = [None if p.empty else (p.lo, p.hi) for p in inner.phases]
+    glob = [p.is_global for p in inner.phases]
+    phases = []
+    for groups in plan:
+        if groups is None or any(glob[r] for r, _, _ in groups):
+            phases.append(GLOBAL)
+            continue
+        lo = hi = None
+        for r, q_lo, q_hi in groups:
+            if ends[r] is None:
+                continue
+            a, b = q_lo * A, q_hi * A
+            first, last = ends[r][0] + min(a, b), ends[r][1] + max(a, b)  # A < 0 after a flip swaps the ends
+            lo = first if lo is None or first < lo else lo
+            hi = last if hi is None or last > hi else hi
+        phases.append(EMPTY if lo is None else _ends(lo, hi))
+    return AxisMap(k * rule.period, t * A, tuple(phases)).normalized()
+
+
+def _ends(lo: int, hi: int) -> Offsets:
+    return Offsets(lo, 1 | (1 << (hi - lo)))
+
+
+@lru_cache(maxsize=4096)
+def _tap_plan(rule: AxisMap, P: int) -> tuple[int, int, tuple]:
+    """For :func:`compose_endpoints` with an inner period ``P``: ``k``, ``t`` and, per output phase, None (a
+    global rule phase) or the inner phases ``r`` its taps land in, each with the least and greatest whole
+    number of inner periods ``q`` (tap ``w = q * P + r``). It depends on the rule and ``P`` only, and rules
+    repeat (every 3x3 convolution of a network), so it is computed once per pair."""
+    k = P // gcd(rule.advance, P)
+    t = k * rule.advance // P
+    plan = []
+    for j in range(k):
+        for taps in rule.phases:
+            if taps.is_global:
+                plan.append(None)
+                continue
+            span: dict[int, tuple[int, int]] = {}
+            for e in taps:
+                q, r = divmod(j * rule.advance + e, P)
+                q_lo, q_hi = span.get(r, (q, q))
+                span[r] = (min(q_lo, q), max(q_hi, q))
+            plan.append(tuple((r, q_lo, q_hi) for r, (q_lo, q_hi) in span.items()))
+    return k, t, tuple(plan)
