@@ -54,6 +54,11 @@ class UnsupportedOpError(AtrousError):
     """The receptive-field engine met an operation it has no exact rule for."""
 
 
+class AnalysisTooLargeError(AtrousError):
+    """A receptive-field analysis outgrew its budget (index maps with too many phases along one axis); the
+    message names the op, the module and an input size that avoids it."""
+
+
 class InputShapeError(AtrousError):
     """An input shape the model or the tool cannot take."""
 

@@ -372,9 +372,9 @@ def test_fold_of_column_major_blocks_transposes_exactly() -> None:
     model = nn.Sequential(TransposeByFold(), nn.Conv2d(2, 2, (1, 3), padding=(0, 1)))
     shape = (2, 7, 6)
     report = analyze(model, shape)
-    # Supports are indexed by input axis (H, W); output pixel (r, c) has W index r and H index c.
+    # Supports are indexed like the output's dims: pixel (r, c) of the transposed map (W index r, H index c).
     for r, c in probes(report.outputs[0].shape[2:]):
-        assert np.array_equal(report.support((c, r)), gradient_support(model, shape, (r, c))), (r, c)
+        assert np.array_equal(report.support((r, c)), gradient_support(model, shape, (r, c))), (r, c)
     # The conv's 3 taps along output columns run along the input's rows.
     assert report.rf == [7, 5]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from math import ceil
 
-from atrous.errors import AtrousError, UnsupportedOpError
+from atrous.errors import AnalysisTooLargeError, UnsupportedOpError
 from atrous.rf import layout as L
 from atrous.rf.algebra import Algebra, Term, same_terms, union_terms
 from atrous.rf.graph import Graph, OpCall
@@ -253,9 +253,6 @@ class Propagation:
     def _name(self, node: int) -> str:
         return self.graph.nodes[node].name
 
-
-class AnalysisTooLargeError(AtrousError):
-    """The analysis outgrew its budget (:data:`PHASE_LIMIT` phases of index maps along one axis of a tensor)."""
 
 
 @dataclass

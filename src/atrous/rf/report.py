@@ -3,6 +3,7 @@ summarised from the propagated states, with the exact window and in-image suppor
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from atrous.errors import InputShapeError
+from atrous.rf import layout as L
 from atrous.rf.algebra import FiniteAlgebra, Term
 from atrous.rf.graph import Graph
 from atrous.rf.outputs import unknown_output
@@ -288,11 +290,14 @@ class RFReport:
         receptive field is global along some axis."""
         node = self.graph.outputs[self.output(output).name]
         state = self._periodic[node]
-        lay = state.layout
+        rows = self._rows_of(node, state.layout, index)
         boxes = []
         for seg in state.segments:
             for term in seg.terms:
-                sets = [m.at(index[a] if lay[a] is not None else 0) for a, m in enumerate(term)]
+                sets = [
+                    reduce(operator.or_, (m.at(int(r)) for r in rs), Offsets.of([]))
+                    for rs, m in zip(rows, term)
+                ]
                 if any(s.is_global for s in sets):
                     return None
                 if not any(s.empty for s in sets):
@@ -313,18 +318,42 @@ class RFReport:
         if self._finite is None:
             self._finite = self._prop.run(FiniteAlgebra(self.input_shape[1:]))
         state = self._finite[node]
-        lay = state.layout
-        if len(index) != len(lay):
-            raise InputShapeError(f"support index {tuple(index)} needs {len(lay)} spatial coordinates")
+        rows = self._rows_of(node, state.layout, index)
         grid = np.zeros(self.input_shape[1:], dtype=bool)
         for seg in state.segments:
             for term in seg.terms:
-                rows = []
-                for a, m in enumerate(term):
-                    i = index[a] if lay[a] is not None else 0
-                    rows.append(m[min(i, m.shape[0] - 1)] if m.shape[0] > 1 else m[0])
-                grid |= reduce(np.multiply.outer, rows).astype(bool) if len(rows) > 1 else rows[0]
+                # A map with one row is constant along the axis (broadcast, or global); else the output pixel
+                # reads the union of the rows it holds.
+                reads = [m[0] if m.shape[0] == 1 else m[rs].any(0) for rs, m in zip(rows, term)]
+                grid |= reduce(np.multiply.outer, reads).astype(bool) if len(reads) > 1 else reads[0]
         return grid
+
+    def _rows_of(self, node: int, layout: L.Layout, index: Sequence[int]) -> list[np.ndarray]:
+        """Per input axis, the positions along it (rows of its maps) that output pixel ``index`` holds.
+
+        ``index`` addresses the output's last dims, in their order, whenever each of those dims carries (part of)
+        a spatial axis: a transposed output, rows reordered by views, or digits of an axis kept in channels
+        (space-to-depth, then a depthwise op: the pixel holds every in-block position of its channels) are then
+        read as the tensor lays them out. An output whose axes were merged into fewer dims (token sequences)
+        is addressed by axis coordinates instead."""
+        shape = self._prop.shapes[node]
+        if len(index) != len(layout):
+            raise InputShapeError(f"support index {tuple(index)} needs {len(layout)} spatial coordinates")
+        first = len(shape) - len(index)
+        held = {p.dim for loc in layout if loc is not None for p in L.parts_of(loc)}
+        if all(d in held for d in range(first, len(shape))):
+            sizes = shape[first:]
+            at = {first + a: i for a, i in enumerate(index)}
+        else:
+            sizes = tuple(0 if loc is None else loc.size for loc in layout)
+            at = None
+        if any(not 0 <= i < n for i, n in zip(index, sizes) if n):
+            raise InputShapeError(
+                f"support index {tuple(index)} is outside the output's spatial shape {sizes}"
+            )
+        if at is None:
+            return [np.array([0 if loc is None else i]) for loc, i in zip(layout, index)]
+        return [np.array([0]) if loc is None else L.rows_at(loc, at) for loc in layout]
 
     def to_json(self, layers: bool = True) -> dict:
         data: dict[str, Any] = {

@@ -279,16 +279,18 @@ def _stack(ctx: Ctx) -> list[Effect]:
 def _flip(ctx: Ctx) -> list[Effect]:
     x = ctx.call.inputs[0]
     layout = ctx.layout(x)
-    rules = {}
+    rules, notes = {}, []
     channels = SAME
     for d in ctx.call.args["dims"]:
         d = dim_index(d, len(x.shape))
+        if _read_mixed_dim_whole(ctx, layout, d, rules, notes):
+            continue
         axis = L.axis_at_dim(layout, d)
         if axis is not None:
             rules[axis] = AxisRule(AxisMap.affine(-1, Offsets.of([x.shape[d] - 1])))
         elif d == L.channel_dim(layout, x.shape):
             channels = MERGE
-    return [Effect(layout, [Dep(x, rules, channels)])]
+    return [Effect(layout, [Dep(x, rules, channels)], notes)]
 
 
 @rule("aten.roll")
@@ -298,10 +300,12 @@ def _roll(ctx: Ctx) -> list[Effect]:
     shifts, dims = list(ctx.call.args["shifts"]), list(ctx.call.args.get("dims") or [])
     if not dims:
         raise ctx.unsupported("roll over the flattened tensor mixes all axes")
-    rules = {}
+    rules, notes = {}, []
     channels = SAME
     for s, d in zip(shifts, dims):
         d = dim_index(d, len(x.shape))
+        if _read_mixed_dim_whole(ctx, layout, d, rules, notes):
+            continue
         axis = L.axis_at_dim(layout, d)
         if axis is not None:
             # An unbounded input has no border to wrap around, so the theoretical view sees a plain shift (Swin's
@@ -310,4 +314,22 @@ def _roll(ctx: Ctx) -> list[Effect]:
             rules[axis] = AxisRule(AxisMap.affine(1, Offsets.of([-s])), _pad_finite(s, "circular"))
         elif d == L.channel_dim(layout, x.shape):
             channels = MERGE
-    return [Effect(layout, [Dep(x, rules, channels)])]
+    return [Effect(layout, [Dep(x, rules, channels)], notes)]
+
+
+def _read_mixed_dim_whole(ctx: Ctx, layout: L.Layout, d: int, rules: dict, notes: list[str]) -> bool:
+    """A flip or roll along a dim that holds several axes, or digits of a split axis (a raster-order shift of
+    flattened tokens), moves elements across those axes in a way no per-axis rule describes: each such axis is
+    read whole, an over-approximation the report states (never an under-reach). False for an ordinary dim."""
+    try:
+        L.axis_at_dim(layout, d)
+        return False
+    except ValueError:
+        pass
+    for axis, _ in L.occupants(layout, d):
+        rules[axis] = GLOBAL_RULE
+    notes.append(
+        f"approximate: {ctx.where} moves elements along dim {d}, which holds several spatial axes or digits of "
+        "one; the axes it holds are taken as read whole"
+    )
+    return True
