@@ -275,7 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise AtrousError(
             f"the checkpoint predicts {model.num_classes} classes but {args.data} has {dataset.num_classes}"
         )
-    scores = evaluate(model, dataset, args.batch_size, device)
+    scores = evaluate(model, dataset, args.batch_size, device, tile=parse_tile(args.tile))
     result = {"checkpoint": str(args.checkpoint), "data": args.data, "samples": len(dataset), **scores}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -294,13 +294,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_tile(text: str) -> int | str | None:
+    """``--tile``: ``auto``, ``none`` (the whole image in one pass) or a number of pixels."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise AtrousError(f"--tile {text!r}: give a number of pixels, auto or none") from None
+    if value < 1:
+        raise AtrousError(f"--tile {value}: give a positive number of pixels, auto or none")
+    return value
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from atrous.train.inference import predict_files
 
-    if args.tile is not None and args.overlap >= args.tile:
-        raise AtrousError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
     device = resolve_device(args.device)
-    written = predict_files(args.checkpoint, args.images, args.out, args.tile, args.overlap, device)
+    written = predict_files(
+        args.checkpoint,
+        args.images,
+        args.out,
+        parse_tile(args.tile),
+        args.overlap,
+        device,
+        approximate=args.approximate_tiles,
+        batch=args.batch,
+        probabilities=args.probabilities,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+        log=lambda line: console.print(line, highlight=False, markup=False),
+    )
     console.print(f"wrote {len(written)} mask(s) and overlays to {args.out}")
     return 0
 
@@ -531,15 +555,37 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--data", required=True, help="dataset spec (synthetic specs use their val split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--tile",
+        default="none",
+        help="tile large images exactly as predict does (pixels or auto); default none: one pass per image",
+    )
     add_device(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict masks for images (sliding window above --tile)")
+    p = sub.add_parser(
+        "predict", help="predict masks for images of any size (exact tiles from the receptive field)"
+    )
     p.add_argument("images", nargs="+", help="image files or folders (.png .jpg .tif, or .npy arrays)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions")
-    p.add_argument("--tile", type=int, help="tile size for sliding-window inference on large images")
-    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument(
+        "--tile",
+        default="auto",
+        help="pixels per tile side fed to the model, auto (margins from the receptive field) or none",
+    )
+    p.add_argument(
+        "--overlap", type=int, help="pixels neighbouring tiles share (default: twice the exact margin)"
+    )
+    p.add_argument(
+        "--approximate-tiles",
+        type=int,
+        metavar="MARGIN",
+        help="tile a model no tiling reproduces exactly (global RF) with this margin; prints the error",
+    )
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities (float16)")
+    p.add_argument("--overwrite", action="store_true", help="replace masks that exist")
     add_device(p)
     p.set_defaults(func=cmd_predict)
 

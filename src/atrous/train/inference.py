@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atrous.data.files import IMAGE_SUFFIXES, load_image, voc_palette
-from atrous.data.preview import overlay, to_rgb
+from atrous.data.files import IMAGE_SUFFIXES, load_image
 from atrous.data.transforms import normalize
 from atrous.errors import AtrousError
 from atrous.models.foreign import build_foreign
 from atrous.models.registry import create_model, in_zoo
 from atrous.train import checkpoint as ckpt
+from atrous.train.predict import PNG_LIMIT, TIFF_SUFFIXES, predict
+from atrous.train.tiling import plan_tiles, tiled_logits
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -54,43 +56,52 @@ def prepare_image(path: Path, meta: dict[str, Any]) -> torch.Tensor:
     return normalize(image) if meta.get("normalization") == "imagenet" else image
 
 
-@torch.no_grad()
 def sliding_window(
-    model: torch.nn.Module, image: torch.Tensor, tile: int | None, overlap: int
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    tile: int | str | None,
+    overlap: int | None = None,
+    approximate: int | None = None,
+    batch: int = 4,
 ) -> torch.Tensor:
-    """Logits (K, H, W) of one image; above ``tile`` pixels per side, overlapping tiles are averaged."""
-    x = image[None].to(next(model.parameters()).device)  # tiles are cut and summed on the model's device
-    h, w = x.shape[2:]
-    if tile is None or (h <= tile and w <= tile):
-        return model(x)[0]
-    if overlap >= tile:
-        raise AtrousError(f"overlap {overlap} must be smaller than the tile size {tile}")
-    step = tile - overlap
-    ys = sorted({min(y, max(h - tile, 0)) for y in range(0, max(h - tile, 0) + step, step)})
-    xs = sorted({min(x_, max(w - tile, 0)) for x_ in range(0, max(w - tile, 0) + step, step)})
-    out = weight = None
-    for y in ys:
-        for x0 in xs:
-            logits = model(x[:, :, y : y + tile, x0 : x0 + tile])[0]
-            if out is None:
-                out = logits.new_zeros(logits.shape[0], h, w)
-                weight = logits.new_zeros(1, h, w)
-            out[:, y : y + tile, x0 : x0 + tile] += logits
-            weight[:, y : y + tile, x0 : x0 + tile] += 1
-    return out / weight
+    """Logits (K, H, W) of one (C, H, W) image, tiled exactly (see :mod:`atrous.train.tiling`): equal to
+    whole-image inference unless ``overlap`` is below the receptive field's reach or ``approximate`` is set."""
+    plan = plan_tiles(model, tuple(image.shape[1:]), image.shape[0], tile, overlap, approximate)
+    return tiled_logits(model, image, plan, batch)
+
+
+def _mask_name(path: Path) -> str:
+    """``stem.tif`` for TIFF inputs and images above :data:`PNG_LIMIT` pixels, else ``stem.png``."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return f"{path.stem}.tif"
+    try:
+        if path.suffix == ".npy":
+            h, w = np.load(path, mmap_mode="r", allow_pickle=False).shape[1:3]
+        else:
+            with Image.open(path) as im:
+                w, h = im.size
+    except Exception as exc:
+        raise AtrousError(f"cannot read {path}: {exc}") from None
+    return f"{path.stem}.{'tif' if h * w > PNG_LIMIT else 'png'}"
 
 
 def predict_files(
     checkpoint: str | Path,
     inputs: list[str],
     out: str | Path,
-    tile: int | None = None,
-    overlap: int = 32,
+    tile: int | str | None = "auto",
+    overlap: int | None = None,
     device: str | torch.device = "cpu",
+    approximate: int | None = None,
+    batch: int = 4,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Palette PNG masks (and overlays) for image files and folders of images; returns the mask paths."""
+    """Palette masks (PNG, or tiled TIFF for TIFF inputs and large images) and downscaled overlays for image
+    files and folders of images, tiled exactly by default; returns the mask paths."""
     model = load(checkpoint, device)
-    meta = model.atrous_meta
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -102,24 +113,22 @@ def predict_files(
     if not files:
         raise AtrousError(f"no images (.png .jpg .tif .npy) found in {', '.join(inputs)}")
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    palette = [tuple(c) for c in meta.get("palette") or voc_palette()]
-    flat_palette = [v for rgb in palette[:256] for v in rgb]
     written = []
     for path in files:
-        image = prepare_image(path, meta)
-        if image.shape[0] != model.in_channels:
-            raise AtrousError(f"{path} has {image.shape[0]} channels; the model takes {model.in_channels}")
-        logits = sliding_window(model, image, tile, overlap)
-        pred = ((logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)).cpu()
-        mask = Image.fromarray(pred.numpy().astype(np.uint8), mode="P")
-        mask.putpalette(flat_palette)
-        target = out_dir / f"{path.stem}.png"
-        mask.save(target)
-        Image.fromarray(overlay(to_rgb(image), pred.numpy(), palette, 255)).save(
-            out_dir / f"{path.stem}_overlay.png"
+        result = predict(
+            model,
+            path,
+            out_dir / _mask_name(path),
+            tile=tile,
+            overlap=overlap,
+            approximate=approximate,
+            batch=batch,
+            probabilities=probabilities,
+            overwrite=overwrite,
+            progress=progress,
+            log=log,
         )
-        written.append(target)
+        written.append(result.mask)
     return written
 
 

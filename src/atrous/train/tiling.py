@@ -1,0 +1,318 @@
+"""Exact tiled inference: margins from the receptive-field engine, tile origins on the output's period.
+
+A tile's logits equal whole-image logits on every pixel whose theoretical window (the receptive field on an
+unbounded input, bounding box included) lies inside the tile or is cut only by the image's own border, and
+whose computation is the same shifted one: the tile starts on a multiple of the output's period (the phases
+of strided and upsampling paths) and has a size the model handles like the image's (a multiple of the period,
+or, at the image's far edge, the image's remainder). The engine gives all three facts; :func:`plan_tiles` asks
+it at the tile size and at the edge tile's size, and refuses when no tiling can be exact (a global receptive
+field, or a model that resamples its features to the input's size at a size that is not a multiple of its
+stride: then its output drifts across the image).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from atrous.errors import AtrousError
+
+AUTO_CORE = 448  # pixels per side a tile contributes at least, with --tile auto
+GLOBAL_WHOLE_IMAGE = 2048 * 2048  # --tile auto runs a global-RF model on the whole image up to this size
+
+
+class TilingError(AtrousError):
+    """A tiling the model or the image cannot take."""
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """What the engine says about one axis of the model's output at one input size."""
+
+    period: int  # output pixels q * period + f, f < period, see windows shifted by q * period
+    before: int  # input pixels an output pixel sees before itself (its theoretical window), any phase
+    after: int
+    global_: bool = False
+    drift: str | None = None  # set when the window moves with the position (stride != 1)
+
+
+def _geometry(model: nn.Module, channels: int, size: tuple[int, int]) -> list[AxisGeometry]:
+    from atrous.rf import analyze
+
+    report = analyze(model, (channels, *size))
+    out = report.output()
+    if tuple(out.shape[-2:]) != tuple(size):
+        raise TilingError(
+            f"the model returns {tuple(out.shape[-2:])} logits for a {size[0]}x{size[1]} input; tiled "
+            "prediction needs logits at the input's size"
+        )
+    axes = []
+    for a in out.axes:
+        if a.global_:
+            axes.append(AxisGeometry(1, 0, 0, global_=True))
+        elif a.stride != 1 or not a.phases:
+            axes.append(AxisGeometry(1, 0, 0, drift=str(a.stride)))
+        else:
+            axes.append(
+                AxisGeometry(
+                    period=max(p.phase for p in a.phases) + 1,
+                    before=max(p.phase - p.lo for p in a.phases),
+                    after=max(p.hi - p.phase for p in a.phases),
+                )
+            )
+    return axes
+
+
+def _round_up(n: int, p: int) -> int:
+    return -(-n // p) * p
+
+
+@dataclass(frozen=True)
+class Window:
+    """Input rows/cols ``[start, stop)`` fed to the model; output ``[core_start, core_stop)`` kept."""
+
+    start: int
+    stop: int
+    core_start: int
+    core_stop: int
+
+
+def axis_windows(n: int, tile: int, period: int, before: int, after: int) -> list[Window]:
+    """Windows along one axis of ``n`` pixels: ``tile`` pixels each, starting on multiples of ``period``, the
+    last one ending on the image's edge (at most two sizes, so tiles batch). Each keeps the outputs whose
+    window fits: ``before`` pixels from its start and ``after`` from its stop (multiples of ``period``) are
+    context, except where the tile's edge is the image's. Greedy: each core starts where the last one ended."""
+    if n <= tile:
+        return [Window(0, n, 0, n)]
+    last_start = (n - tile) // period * period  # the window that ends at n starts here
+    windows: list[Window] = []
+    c = 0
+    while c < n:
+        start = min(max(c - before, 0) // period * period, last_start)
+        stop = n if start == last_start else start + tile
+        core_stop = n if stop == n else stop - after
+        windows.append(Window(start, stop, c, core_stop))
+        c = core_stop
+    return windows
+
+
+@dataclass
+class TilePlan:
+    """How an image is cut: per axis (H, W) the tile size, the period tile origins sit on, the margins each
+    side (multiples of the period), the engine's exact reach (None for a global RF) and whether the stitched
+    logits equal whole-image inference."""
+
+    tile: tuple[int, int]
+    period: tuple[int, int]
+    margin: tuple[tuple[int, int], tuple[int, int]]
+    reach: tuple[tuple[int, int], tuple[int, int]] | None
+    exact: bool
+    whole: bool = False  # the image is one tile: plain whole-image inference
+    warnings: list[str] = field(default_factory=list)
+
+    def windows(self, h: int, w: int) -> tuple[list[Window], list[Window]]:
+        if self.whole:
+            return [Window(0, h, 0, h)], [Window(0, w, 0, w)]
+        return (
+            axis_windows(h, self.tile[0], self.period[0], *self.margin[0]),
+            axis_windows(w, self.tile[1], self.period[1], *self.margin[1]),
+        )
+
+    def count(self, h: int, w: int) -> int:
+        rows, cols = self.windows(h, w)
+        return len(rows) * len(cols)
+
+    def describe(self) -> str:
+        if self.whole:
+            return "whole image in one pass (exact)"
+        (bh, ah), (bw, aw) = self.margin
+        kind = "exact" if self.exact else "approximate"
+        reach = ""
+        if self.reach is not None:
+            (rbh, rah), (rbw, raw) = self.reach
+            reach = f"; receptive-field reach {rbh}/{rah} (H) {rbw}/{raw} (W)"
+        return (
+            f"{kind} tiles of {self.tile[0]}x{self.tile[1]}, margins {bh}/{ah} (H) {bw}/{aw} (W) px, "
+            f"origins on multiples of {self.period[0]}x{self.period[1]}{reach}"
+        )
+
+
+def plan_tiles(
+    model: nn.Module,
+    image_size: tuple[int, int],
+    channels: int,
+    tile: int | str | None = "auto",
+    overlap: int | None = None,
+    approximate: int | None = None,
+) -> TilePlan:
+    """The tiling of an ``image_size`` (H, W) image for ``model``.
+
+    ``tile``: pixels per side fed to the model ("auto": a core of at least 448 pixels plus the margins; None:
+    the whole image). ``overlap``: pixels neighbouring tiles share (margin ``overlap / 2`` each side, warned
+    about when below the exact reach). ``approximate``: the margin each side for a model no tiling can
+    reproduce exactly (global receptive field, or drift at this image size)."""
+    h, w = image_size
+    min_size = int(getattr(model, "min_size", 1))
+    stride = max(1, int(getattr(model, "output_stride", 1) or 1))
+    if tile is None:
+        return TilePlan((h, w), (1, 1), ((0, 0), (0, 0)), None, exact=True, whole=True)
+    auto = tile == "auto"
+    if not auto and (not isinstance(tile, int) or tile < 1):
+        raise TilingError(f"tile {tile!r}: give a positive number of pixels or 'auto'")
+    for name, value in (("overlap", overlap), ("approximate", approximate)):
+        if value is not None and value < 0:
+            raise TilingError(f"{name} {value} must be >= 0 pixels")
+    base = _round_up(max(512 if auto else int(tile), min_size), stride)
+    geo = _geometry(model, channels, (base, base))
+    if any(g.global_ for g in geo):
+        if approximate is None:
+            if (auto and h * w <= GLOBAL_WHOLE_IMAGE) or (not auto and h <= tile and w <= tile):
+                return TilePlan((h, w), (1, 1), ((0, 0), (0, 0)), None, exact=True, whole=True)
+            raise TilingError(
+                f"the model's receptive field is global (image pooling, attention or normalisation over "
+                f"space): no tiling of a {h}x{w} image equals whole-image inference; pass an approximate "
+                "margin (--approximate-tiles MARGIN) to tile anyway"
+            )
+        period = (stride, stride)
+        reach = None
+    else:
+        if any(g.drift for g in geo):
+            raise TilingError(
+                f"at tile size {base} the model's output drifts across the tile (stride "
+                f"{', '.join(g.drift or '1' for g in geo)}): pass --tile a multiple of its total stride"
+            )
+        period = tuple(math.lcm(g.period, stride) for g in geo)
+        reach = tuple((g.before, g.after) for g in geo)
+    if approximate is not None:
+        m = approximate
+        margins = tuple((_round_up(m, p), _round_up(m, p)) for p in period)
+    elif overlap is not None:
+        m = -(-overlap // 2)
+        margins = tuple((_round_up(m, p), _round_up(m, p)) for p in period)
+    else:
+        margins = tuple((_round_up(b, p), _round_up(a, p)) for (b, a), p in zip(reach, period))
+    if auto:
+        size = tuple(b + a + _round_up(max(AUTO_CORE, 2 * (b + a)), p) for (b, a), p in zip(margins, period))
+    else:
+        size = tuple(max(int(tile) // p * p, p) for p in period)
+    for axis, ((b, a), p, t) in enumerate(zip(margins, period, size)):
+        if t < b + a + p:
+            raise TilingError(
+                f"tile {tile} is smaller than twice the margin ({b} + {a} px along {'HW'[axis]}) plus the "
+                f"period {p}: use a tile of at least {b + a + p} pixels, or --tile auto"
+            )
+    plan = TilePlan(size, period, margins, reach, exact=approximate is None)
+    if h <= size[0] and w <= size[1]:
+        plan.whole = True
+        plan.exact = True
+        return plan
+    short = reach is not None and any(mb < rb or ma < ra for (mb, ma), (rb, ra) in zip(margins, reach))
+    if short and overlap is not None and approximate is None:
+        need = max(max(rb, ra) for rb, ra in reach)
+        plan.exact = False
+        plan.warnings.append(
+            f"overlap {overlap} gives margins {margins[0][0]}/{margins[1][0]} px, below the receptive-field "
+            f"reach ({need} px): tile borders will differ from whole-image inference; use overlap "
+            f">= {2 * need} or leave it out for exact tiles"
+        )
+    if plan.exact:
+        _check_edges(model, channels, (h, w), plan, base)
+    return plan
+
+
+def _check_edges(model: nn.Module, channels: int, size: tuple[int, int], plan: TilePlan, base: int) -> None:
+    """The edge windows have the image's remainder modulo the period: ask the engine that the model handles
+    that size like the tile size (a model resizing its features to the input's size drifts otherwise)."""
+    edge = tuple(n if n <= t else t + (n - t) % p for n, t, p in zip(size, plan.tile, plan.period))
+    if all(e % p == 0 for e, p in zip(edge, plan.period)) and tuple(plan.tile) == (base, base):
+        return
+    for shape in {tuple(plan.tile), edge}:
+        for axis, g in enumerate(_geometry(model, channels, shape)):
+            if (g.drift or g.global_) and size[axis] <= plan.tile[axis]:
+                continue  # one window spans this axis: the tile is the image, whatever the model does
+            if g.drift or g.global_:
+                p = plan.period[axis]
+                raise TilingError(
+                    f"the model resamples its features to the input's size: at {size[0]}x{size[1]} "
+                    f"({'HW'[axis]} = {size[axis]} is not a multiple of its period {p}) its output drifts "
+                    f"across the image (stride {g.drift}), so no tiling equals whole-image inference; crop or "
+                    f"pad the image to a multiple of {p}, or pass --approximate-tiles MARGIN"
+                )
+            if plan.reach is not None and (
+                g.before > max(plan.reach[axis]) or g.after > max(plan.reach[axis])
+            ):
+                raise TilingError(
+                    f"the receptive field at tile size {shape} is wider than at {base}: pass a larger --tile"
+                )
+
+
+# Region [y0, y1) x [x0, x1) of the prepared image: (C, y1 - y0, x1 - x0) float.
+Region = Callable[[int, int, int, int], torch.Tensor]
+
+
+@torch.no_grad()
+def iter_tiles(
+    model: nn.Module,
+    region: Region,
+    size: tuple[int, int],
+    plan: TilePlan,
+    batch: int = 4,
+    on_tile: Callable[[int, int], None] | None = None,
+    on_window: Callable[[Window, Window, torch.Tensor], None] | None = None,
+    keep: Callable[[torch.Tensor], Any] = lambda core: core,
+) -> Iterator[tuple[Window, list[tuple[Window, Any]]]]:
+    """Per row of tiles: its row window and, per column window, the kept core's logits (K, h, w) on the CPU.
+
+    Each tile's input is read on its own (memory follows the tiles in flight, not the image's width); tiles
+    of one shape run as a batch on the model's device. ``on_tile(tiles, pixels)`` is called after each batch
+    (progress), ``on_window(row, col, input)`` with each tile's input (previews); ``keep(core)`` is what is
+    held of each core until its row is complete (class indices, say, rather than logits)."""
+    device = next(model.parameters()).device
+    row_windows, col_windows = plan.windows(*size)
+    for rw in row_windows:
+        cores: dict[Window, torch.Tensor] = {}
+        by_width: dict[int, list[Window]] = {}
+        for cw in col_windows:
+            by_width.setdefault(cw.stop - cw.start, []).append(cw)
+        for group in by_width.values():
+            for i in range(0, len(group), batch):
+                chunk = group[i : i + batch]
+                inputs = [region(rw.start, rw.stop, cw.start, cw.stop) for cw in chunk]
+                if on_window is not None:
+                    for cw, x in zip(chunk, inputs):
+                        on_window(rw, cw, x)
+                logits = model(torch.stack(inputs).to(device))
+                del inputs
+                for k, cw in enumerate(chunk):
+                    cores[cw] = keep(
+                        logits[
+                            k,
+                            :,
+                            rw.core_start - rw.start : rw.core_stop - rw.start,
+                            cw.core_start - cw.start : cw.core_stop - cw.start,
+                        ]
+                        .float()
+                        .cpu()
+                    )
+                if on_tile is not None:
+                    rows = rw.core_stop - rw.core_start
+                    on_tile(len(chunk), sum(rows * (c.core_stop - c.core_start) for c in chunk))
+        yield rw, [(cw, cores.pop(cw)) for cw in col_windows]
+
+
+def tiled_logits(model: nn.Module, image: torch.Tensor, plan: TilePlan, batch: int = 4) -> torch.Tensor:
+    """Logits (K, H, W) of a (C, H, W) image, stitched from the plan's tiles (for images that fit in memory)."""
+    h, w = image.shape[1:]
+    out = None
+    for rw, tiles in iter_tiles(model, lambda y0, y1, x0, x1: image[:, y0:y1, x0:x1], (h, w), plan, batch):
+        for cw, core in tiles:
+            if out is None:
+                out = core.new_empty(core.shape[0], h, w)
+            out[:, rw.core_start : rw.core_stop, cw.core_start : cw.core_stop] = core
+    assert out is not None
+    return out
