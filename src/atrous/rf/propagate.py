@@ -254,7 +254,6 @@ class Propagation:
         return self.graph.nodes[node].name
 
 
-
 @dataclass
 class _PathMemo:
     """Per-run caches of the alignment check: moved class dicts by (identity of the dict, rule), and moved
