@@ -148,6 +148,119 @@ _RNN_CELLS = {
 }
 
 
+# Values an ATen op's arguments and results hold besides lists, tuples and dicts: leaves for pytree too.
+_LEAVES = (
+    torch.Tensor,
+    int,
+    float,
+    bool,
+    str,
+    complex,
+    type(None),
+    torch.dtype,
+    torch.device,
+    torch.memory_format,
+    torch.layout,
+)
+
+
+def _map(fn: Callable[[Any], Any], value: Any) -> Any:
+    """``tree_map`` for ATen arguments: pytree's generic walk costs more than a meta kernel per op (a third of
+    recording MaxViT), and these hold only lists, tuples and dicts. Anything else is handed to pytree."""
+    kind = type(value)
+    if kind is list:
+        return [_map(fn, v) for v in value]
+    if kind is tuple:
+        return tuple(_map(fn, v) for v in value)
+    if kind is dict:
+        return {k: _map(fn, v) for k, v in value.items()}
+    if isinstance(value, _LEAVES):
+        return fn(value)
+    return tree_map(fn, value)
+
+
+def _tensors(value: Any, found: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The tensors in ``value``, in ``tree_flatten`` order (see :func:`_map`)."""
+    found = [] if found is None else found
+    kind = type(value)
+    if kind is list or kind is tuple:
+        for v in value:
+            _tensors(v, found)
+    elif kind is dict:
+        for v in value.values():
+            _tensors(v, found)
+    elif isinstance(value, torch.Tensor):
+        found.append(value)
+    elif not isinstance(value, _LEAVES):
+        found += [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+    return found
+
+
+def _cacheable(func) -> bool:
+    """Whether ``func``'s meta outputs are a pure function of its arguments' metadata: a functional op (no argument
+    or return aliased or written) returning only tensors, and not seeded by the random generator."""
+    schema = func._schema
+    return (
+        bool(schema.returns)
+        and not schema.is_mutable
+        and all(a.alias_info is None for a in schema.arguments)
+        and all(r.alias_info is None and str(r.type) == "Tensor" for r in schema.returns)
+        and not any(t in func.tags for t in (*_VALUE_TAGS, torch.Tag.nondeterministic_seeded))
+    )
+
+
+@dataclass(frozen=True)
+class _Op:
+    """What the recorder reads of an op's schema, read once per op: walking the schema on every call cost as
+    much as the meta kernels it replaced."""
+
+    name: str  # "aten.convolution.default"
+    packet: str  # "aten.convolution"
+    cacheable: bool  # see _cacheable
+    arguments: tuple[tuple[str, bool, bool, Any], ...]  # (name, kwarg_only, has_default, default) in order
+    written: tuple[tuple[int, str], ...]  # (position, name) of the arguments it writes in place
+
+
+_OPS: dict[Any, _Op] = {}
+
+
+def _op(func) -> _Op:
+    op = _OPS.get(func)
+    if op is None:
+        arguments = func._schema.arguments
+        op = _OPS[func] = _Op(
+            name=str(func),
+            packet=f"{func.namespace}.{func._opname}",
+            cacheable=_cacheable(func),
+            arguments=tuple(
+                (
+                    a.name,
+                    a.kwarg_only,
+                    a.has_default_value(),
+                    a.default_value if a.has_default_value() else None,
+                )
+                for a in arguments
+            ),
+            written=tuple(
+                (i, a.name)
+                for i, a in enumerate(arguments)
+                if a.alias_info is not None and a.alias_info.is_write
+            ),
+        )
+    return op
+
+
+def _meta_key(value: Any) -> Any:
+    """What a meta kernel can see of an argument: a tensor's metadata, any other value with its type (``2`` and
+    ``2.0`` promote differently). Raises TypeError for an unhashable value: that call is not cached."""
+    if isinstance(value, torch.Tensor):  # on meta, as every tensor an op gets is (see _Recorder.twin)
+        return (value.shape, value.stride(), value.dtype, value.storage_offset())
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_meta_key(v) for v in value))
+    hash(value)
+    return (type(value), value)
+
+
 def _reads_values(func) -> bool:
     return f"{func.namespace}.{func._opname}" in _READ_NAMES or any(t in func.tags for t in _VALUE_TAGS)
 
@@ -203,6 +316,9 @@ class _Recorder(TorchDispatchMode):
         self.calls: list[OpCall] = []
         # id(tensor) -> (tensor, node id). Holding the tensor keeps its id from being reused.
         self.tracked: dict[int, tuple[torch.Tensor, int]] = {}
+        # Storage -> ids of the tracked tensors on it: finding a written tensor's aliases by scanning every tracked
+        # tensor made in-place ops quadratic (a third of recording EfficientNetV2-L).
+        self.by_storage: dict[int, dict[int, None]] = {}
         # Tensors whose storage was written through another alias: their node no longer tells the truth.
         self.stale: dict[int, str] = {}
         self.failed_in: str | None = None
@@ -212,6 +328,7 @@ class _Recorder(TorchDispatchMode):
         self.own = own
         self.value_read: ValueRead | None = None  # meta mode: the value read that made recording fail
         self.reads: list[ValueRead] = []  # real mode: every value read
+        self.layouts: dict[Any, list | None] = {}  # (op, arguments' metadata) -> its outputs' layouts
 
     @property
     def real(self) -> bool:
@@ -223,7 +340,7 @@ class _Recorder(TorchDispatchMode):
         if self.own is not None:
             if self.own.get(id(value)) is not value:
                 return value
-        elif value.device.type == "meta":
+        elif value.is_meta:
             return value
         entry = self.twins.get(id(value))
         if entry is None or entry[0] is not value:
@@ -238,6 +355,7 @@ class _Recorder(TorchDispatchMode):
         node = Node(len(self.nodes), tuple(t.shape), op, name)
         self.nodes.append(node)
         self.tracked[id(t)] = (t, node.id)
+        self.by_storage.setdefault(_storage_key(t), {})[id(t)] = None
         self.stale.pop(id(t), None)
         return node.id
 
@@ -263,15 +381,19 @@ class _Recorder(TorchDispatchMode):
                 )
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        args, kwargs = tree_map(self.twin, args), tree_map(self.twin, kwargs or {})
-        flat, _ = tree_flatten((args, kwargs))
-        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        kwargs = kwargs or {}
+        tensors = _tensors((args, kwargs))
+        # Rebuilding the arguments costs as much as a cached kernel: only when a tensor gets a twin.
+        if self.own is not None or not all(t.is_meta for t in tensors):
+            args, kwargs = _map(self.twin, args), _map(self.twin, kwargs)
+            tensors = _tensors((args, kwargs))
         module = self.modules.current
         self._refuse_aliased(func, tensors, module)
         tracked = any(self.node_of(t) is not None for t in tensors)
+        packet = _op(func).packet
         if self.real and _reads_values(func):
-            self.reads.append(ValueRead(f"{func.namespace}.{func._opname}", module, tracked))
-        if f"{func.namespace}.{func._opname}" in self.constants or not tracked:
+            self.reads.append(ValueRead(packet, module, tracked))
+        if packet in self.constants or not tracked:
             return self._run(func, args, kwargs, module, tracked)
         out = self._run(func, args, kwargs, module, tracked)
         self._record(func, args, kwargs, out, module)
@@ -324,14 +446,14 @@ class _Recorder(TorchDispatchMode):
         return (out, *(torch.empty_like(h) for h in states))
 
     def _record(self, func, args, kwargs, out, module: str) -> None:
-        call = self._describe(func, args, kwargs, module)
-        mutated_ids = {id(call_input) for call_input in self._mutated_tensors(func, args, kwargs)}
-        out_flat, _ = tree_flatten(out)
+        written = self._mutated_tensors(func, args, kwargs)
+        call = self._describe(func, args, kwargs, module, written)
+        mutated_ids = {id(call_input) for call_input in written}
+        out_flat = _tensors(out)
         label = f"{module or '<model>'}:{func._opname}"
         for t in out_flat:
-            if isinstance(t, torch.Tensor):
-                call.outputs.append(self.track(t, call, label))
-        for t in self._mutated_tensors(func, args, kwargs):
+            call.outputs.append(self.track(t, call, label))
+        for t in written:
             if all(t is not o for o in out_flat):  # an out= style write not returned: still rebind it
                 call.outputs.append(self.track(t, call, label))
             self.written[_storage_key(t)] = f"written in place by {label}"
@@ -339,8 +461,21 @@ class _Recorder(TorchDispatchMode):
         self.calls.append(call)
 
     def _run(self, func, args, kwargs, module: str, tracked: bool):
+        # Meta kernels are mostly Python reference code (milliseconds per call: gelu, layer_norm, batch_norm) and
+        # models repeat the same blocks on the same shapes: a functional op's outputs are fresh tensors whose
+        # metadata depend only on the arguments' metadata, so they are made again from the first call's.
+        key = None
+        if not self.real and isinstance(func, torch._ops.OpOverload) and _op(func).cacheable:
+            try:
+                key = (func, _meta_key(args), _meta_key(tuple(kwargs.items())))
+            except TypeError:  # an unhashable argument: not cached
+                key = None
+            layouts = self.layouts.get(key) if key is not None else None
+            if layouts is not None:
+                outs = [torch.empty_strided(s, st, dtype=d, device="meta") for s, st, d in layouts]
+                return outs[0] if len(outs) == 1 else tuple(outs)
         try:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
         except Exception as exc:
             # Forward hooks unwind the module stack before the error reaches record(): remember where it was.
             self.failed_in = self.failed_in or module or "<model>"
@@ -358,35 +493,69 @@ class _Recorder(TorchDispatchMode):
                         f"(input shape {tuple(x.shape)}); give the model a {expected}-channel input"
                     ) from exc
             raise
+        if key is not None and key not in self.layouts:
+            self.layouts[key] = self._layouts(out, args, kwargs)
+        return out
+
+    @staticmethod
+    def _layouts(out: Any, args: tuple, kwargs: dict) -> list | None:
+        """The (shape, stride, dtype) of each output, or None where remaking them from these would not give the
+        same tensors: an output not a plain, fresh and dense one on meta (sharing a storage, offset into or larger
+        than it, or with a conjugate or negative bit)."""
+        outs = list(out) if isinstance(out, tuple) else [out]
+        inputs = {_storage_key(t) for t in _tensors((args, kwargs))}
+        layouts, seen = [], set()
+        for t in outs:
+            if (
+                not isinstance(t, torch.Tensor)
+                or t.device.type != "meta"
+                or t.layout != torch.strided
+                or t.is_conj()
+                or t.is_neg()
+                or t.storage_offset() != 0
+            ):
+                return None
+            key = _storage_key(t)
+            remade = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            if (
+                key in inputs
+                or key in seen
+                or remade.untyped_storage().nbytes() != t.untyped_storage().nbytes()
+            ):
+                return None
+            seen.add(key)
+            layouts.append((t.shape, t.stride(), t.dtype))
+        return layouts
 
     @staticmethod
     def _mutated_tensors(func, args, kwargs) -> list[torch.Tensor]:
         found = []
-        for i, arg in enumerate(func._schema.arguments):
-            if arg.alias_info is not None and arg.alias_info.is_write:
-                value = args[i] if i < len(args) else kwargs.get(arg.name)
-                if isinstance(value, torch.Tensor):
-                    found.append(value)
+        for i, name in _op(func).written:
+            value = args[i] if i < len(args) else kwargs.get(name)
+            if isinstance(value, torch.Tensor):
+                found.append(value)
         return found
 
     def _mark_aliases_stale(self, mutated_ids: set[int], label: str) -> None:
         if not mutated_ids:
             return
         keys = {_storage_key(self.tracked[i][0]) for i in mutated_ids if i in self.tracked}
-        for tid, (t, _) in self.tracked.items():
-            if tid not in mutated_ids and _storage_key(t) in keys:
-                self.stale[tid] = f"written in place by {label}"
+        for key in keys:
+            for tid in self.by_storage.get(key, ()):
+                # The index holds the storage a tensor had when tracked; one it no longer has is skipped.
+                if tid not in mutated_ids and _storage_key(self.tracked[tid][0]) == key:
+                    self.stale[tid] = f"written in place by {label}"
 
-    def _describe(self, func, args, kwargs, module: str) -> OpCall:
-        schema = func._schema
+    def _describe(self, func, args, kwargs, module: str, written: list[torch.Tensor]) -> OpCall:
+        op = _op(func)
         bound: dict[str, Any] = {}
-        for i, arg in enumerate(schema.arguments):
-            if i < len(args) and not arg.kwarg_only:
-                bound[arg.name] = args[i]
-            elif arg.name in kwargs:
-                bound[arg.name] = kwargs[arg.name]
-            elif arg.has_default_value():
-                bound[arg.name] = arg.default_value
+        for i, (name, kwarg_only, has_default, default) in enumerate(op.arguments):
+            if i < len(args) and not kwarg_only:
+                bound[name] = args[i]
+            elif name in kwargs:
+                bound[name] = kwargs[name]
+            elif has_default:
+                bound[name] = default  # copied by _map below, like every list or tuple argument
         inputs: list[TensorArg] = []
 
         def wrap(value: Any) -> Any:
@@ -398,17 +567,17 @@ class _Recorder(TorchDispatchMode):
                 return ta
             return value
 
-        bound = {k: tree_map(wrap, v) for k, v in bound.items()}
+        bound = {k: _map(wrap, v) for k, v in bound.items()}
         mutated: list[int] = []
-        for t in self._mutated_tensors(func, args, kwargs):
+        for t in written:
             node = self.node_of(t)
             for j, ta in enumerate(inputs):
                 if ta.node == node and node is not None:
                     mutated.append(j)
                     break
         return OpCall(
-            name=str(func),
-            packet=f"{func.namespace}.{func._opname}",
+            name=op.name,
+            packet=op.packet,
             args=bound,
             inputs=inputs,
             outputs=[],
