@@ -219,14 +219,10 @@ TORCHVISION = [
 # --- Hugging Face transformers ----------------------------------------------------------------------------------
 
 
-def _hf_upernet() -> nn.Module:
-    from transformers import ConvNextConfig, UperNetConfig, UperNetForSemanticSegmentation
+def _hf_upernet_on(backbone) -> nn.Module:
+    """UperNet's decode head (small, no auxiliary head) on a given backbone config."""
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
-    backbone = ConvNextConfig(
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[16, 32, 64, 128],
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
     config = UperNetConfig(
         backbone_config=backbone,
         hidden_size=32,
@@ -237,8 +233,17 @@ def _hf_upernet() -> nn.Module:
     return _Outputs(UperNetForSemanticSegmentation(config), lambda out: [out.logits])
 
 
+def _hf_upernet() -> nn.Module:
+    from transformers import ConvNextConfig
+
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    return _hf_upernet_on(
+        ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], out_features=stages)
+    )
+
+
 def _hf_upernet_swin() -> nn.Module:
-    from transformers import SwinConfig, UperNetConfig, UperNetForSemanticSegmentation
+    from transformers import SwinConfig
 
     backbone = SwinConfig(
         image_size=64,
@@ -248,14 +253,7 @@ def _hf_upernet_swin() -> nn.Module:
         window_size=4,
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
-    config = UperNetConfig(
-        backbone_config=backbone,
-        hidden_size=32,
-        auxiliary_in_channels=64,
-        num_labels=3,
-        use_auxiliary_head=False,
-    )
-    return _Outputs(UperNetForSemanticSegmentation(config), lambda out: [out.logits])
+    return _hf_upernet_on(backbone)
 
 
 def _hf_backbone(kind: str) -> Callable[[], nn.Module]:
