@@ -45,7 +45,7 @@ GLOBAL = {
 }
 # The full-size DeepLabs share the small ones' code (ResNet + ASPP with image pooling); building them costs
 # seconds, and their geometry is checked once, below. context_resnet18 shares deeplabv3's forward
-# (BackboneSegmenter); its reach (376 px at stride 8) needs tiles of 760+ px: checked by plan only.
+# (BackboneSegmenter); its reach (376 px at stride 8) needs tiles of 760+ px: its own test below.
 COVERED_ELSEWHERE = {
     "deeplabv3",
     "deeplabv3_resnet50",
@@ -98,6 +98,21 @@ def test_stitched_logits_equal_whole_image(key: str) -> None:
                 top2 = whole.topk(2, dim=0).values
                 differ = got.argmax(0) != whole.argmax(0)
                 assert not differ[(top2[0] - top2[1]) > 1e-4].any()
+
+
+def test_context_resnet_tiles_exactly_with_large_tiles() -> None:
+    """context_resnet18 reaches 376 px each side: 15 tiles of 800 px on a 904 x 1000 image (multiples of its
+    period 8, where its final resize does not drift) reproduce whole-image inference."""
+    model = randomize(create_model("context_resnet18:backbone=resnet_small"))
+    image = torch.randn(3, 904, 1000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(image[None])[0]
+    plan = plan_tiles(model, (904, 1000), 3, tile=800)
+    rows, cols = plan.windows(904, 1000)
+    assert plan.exact and len(rows) * len(cols) >= 4
+    got = tiled_logits(model, image, plan, batch=2)
+    assert (got - whole).abs().max().item() <= 1e-4 * max(1.0, whole.abs().max().item())
+    assert torch.equal(got.argmax(0), whole.argmax(0))
 
 
 def test_margins_come_from_the_engine() -> None:
