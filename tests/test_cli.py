@@ -46,7 +46,11 @@ def test_rf_json_schema(capsys: pytest.CaptureFixture) -> None:
 def test_rf_table_and_support_at(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = run(capsys, "rf", "convstack:preset=dilated", "--input", "3,64,64", "--at", "0,0")
     assert code == 0
-    assert "15" in out and "in-image support of output pixel (0, 0): 64 input pixels" in out
+    # The table's row for the output, cell by cell (RF 15, stride 1, padding 7, no holes), not "15" anywhere.
+    row = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("out "))
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[:6] == ["out", "2×64×64", "15", "1", "7", "0"], cells
+    assert "in-image support of output pixel (0, 0): 64 input pixels" in out
 
 
 def test_user_factory_by_import_path(

@@ -77,16 +77,22 @@ def test_training_step_gives_finite_gradients_everywhere(model: torch.nn.Module,
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
 
-def test_eval_is_deterministic(model: torch.nn.Module) -> None:
+def test_eval_treats_each_image_alone(model: torch.nn.Module) -> None:
+    """In eval mode an image's logits do not depend on the batch it comes in (running statistics, no batch
+    coupling): the second image of a batch of two gets the logits it gets alone."""
     model.eval()
     x = torch.randn(2, model.in_channels, 40, 36)
     with torch.no_grad():
-        assert torch.equal(model(x), model(x))
+        together, alone = model(x)[1], model(x[1:])[0]
+    # Batched and single convolutions round differently (~1e-6 relative); coupling would differ by far more.
+    error = (together - alone).abs().max().item()
+    assert error <= 1e-5 * max(1.0, together.abs().max().item()), error
 
 
 def test_rf_equals_gradient_oracle(model: torch.nn.Module) -> None:
     size = (model.in_channels, max(model.min_size, 37), max(model.min_size, 37) + 4)
     report = analyze(model, size)
     out_shape = report.outputs[0].shape[2:]
-    for index in [tuple(n // 2 for n in out_shape), (0, out_shape[1] - 1)]:
+    corners = [(i, j) for i in (0, out_shape[0] - 1) for j in (0, out_shape[1] - 1)]
+    for index in [tuple(n // 2 for n in out_shape), *corners]:
         assert np.array_equal(report.support(index), gradient_support(model, size, index)), index
