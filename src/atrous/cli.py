@@ -191,6 +191,95 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    """``data stats``: object statistics, and with ``--model`` exact coverage by its RF (``--erf``: its ERF)."""
+    from atrous.data import build_dataset
+    from atrous.data.coverage import ModelView, coverage, erf_coverage
+    from atrous.data.stats import scan, stats_figure, stats_table, summary
+    from atrous.models.registry import resolve_model
+
+    err = Console(stderr=True)
+    if args.erf and not args.model:
+        raise AtrousError("--erf needs --model: the effective RF is a model's")
+    objs = scan(build_dataset(args.spec, split=args.split), parse_background(args.background), args.limit)
+    data = summary(objs)
+    lines: dict[str, float] = {}
+    if args.model:
+        model = resolve_model(args.model, **model_kwargs(args))
+        view = ModelView(model, args.model, int(getattr(model, "in_channels", objs.channels)))
+        data["coverage"] = coverage(objs, view, args.margin, args.anchor, args.max_sizes, progress=True)
+        rfs = [max(f["rf"]) for f in data["coverage"]["rf"].values() if not f["global"]]
+        if rfs:
+            lines[f"RF {max(rfs)}"] = max(rfs)
+        if args.erf:
+            data["erf"] = erf_coverage(
+                objs, view, args.erf_mass, args.margin, args.anchor, max_sizes=args.max_sizes
+            )
+            sides = [r["side"] for r in data["erf"]["by_size"].values()]
+            lines[f"ERF {args.erf_mass:.0%} side {max(sides)}"] = max(sides)
+    if args.plot:
+        err.print(f"wrote {stats_figure(objs, args.plot, lines)}")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    console.print(stats_table(data, f"{args.spec}: {data['images']} masks"))
+    for c in data["classes"]:
+        if "note" in c:
+            console.print(c["note"])
+    if len(data["sizes"]) > 1:
+        console.print(f"{len(data['sizes'])} image sizes: per-size statistics and coverage are in --json")
+    if "coverage" in data:
+        print_coverage(data)
+    return 0
+
+
+def print_coverage(data: dict) -> None:
+    """One line per class: objects and pixels covered, the object rate at the median, and the ERF's coverage."""
+    cov = data["coverage"]
+    for note in cov.get("notes", []):
+        console.print(f"coverage is 100 % because {note}")
+    facts = next(iter(cov["rf"].values()))
+    rf = "global" if facts["global"] else f"{max(facts['rf'])} (holes {facts['holes']})"
+    console.print(f"{cov['model']}: RF {rf}; covered from the {cov['anchor']} pixel's exact support:")
+    erf = data.get("erf", {}).get("classes", {})
+    for k, row in cov["classes"].items():
+        rate = row["object_rate"]
+        text = (
+            f"  {row['name']}: {row['objects_covered']:.1%} of objects, {row['pixels_covered']:.1%} of pixels"
+        )
+        if rate is not None:
+            text += f", object rate p50 {rate['p50']:.2f}"
+        if k in erf:
+            text += f"; ERF {erf[k]['objects_covered']:.1%}"
+        console.print(text)
+
+
+def parse_background(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise AtrousError(f"--background {text!r} must be a class index or none") from None
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from atrous.data import build_dataset
+    from atrous.data.stats import scan
+    from atrous.suggest import suggest, suggest_table, summary_lines
+
+    objs = scan(build_dataset(args.spec, split=args.split), parse_background(args.background), args.limit)
+    classes = list(parse_ints(args.classes, "--classes")) if args.classes else None
+    data = suggest(objs, args.target, args.margin, args.anchor, classes, args.max_sizes, progress=True)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    console.print(suggest_table(data, args.top))
+    for line in summary_lines(data):
+        console.print(line)
+    return 0
+
+
 TRAIN_OPTIONS = {  # flag -> (TrainConfig field, type, help)
     "--model": (
         "model",
@@ -521,8 +610,8 @@ def _add_rf_commands(sub) -> None:
 
 
 def _add_data_commands(sub) -> None:
-    """data check and data preview."""
-    p = sub.add_parser("data", help="check or preview datasets")
+    """data check, preview and stats; suggest."""
+    p = sub.add_parser("data", help="check, preview or measure datasets")
     data = p.add_subparsers(dest="data_command", required=True)
     q = data.add_parser("check", help="scan a dataset and list every problem (exit 1 if any)")
     q.add_argument("path", help="dataset folder (folder or VOC layout, detected) or a spec such as voc:/path")
@@ -534,6 +623,37 @@ def _add_data_commands(sub) -> None:
     q.add_argument("--count", type=int, default=16)
     q.add_argument("--split")
     q.set_defaults(func=cmd_data_preview)
+    q = data.add_parser("stats", help="object sizes per class; with --model, exact coverage by its RF")
+    add_stats_options(q)
+    q.add_argument("--model", help="zoo spec or import path: coverage of the objects by its exact support")
+    add_model_kwargs(q)
+    q.add_argument("--erf", action="store_true", help="also coverage by the effective RF (needs --model)")
+    q.add_argument("--erf-mass", type=float, default=0.95, help="ERF square holding this gradient mass")
+    q.add_argument("--plot", metavar="PNG", help="histograms of extent and diameter per class")
+    q.set_defaults(func=cmd_data_stats)
+    p = sub.add_parser("suggest", help="cheapest zoo models whose exact RF covers the dataset's objects")
+    add_stats_options(p)
+    p.add_argument("--target", type=float, default=0.95, help="share of each class's objects to cover")
+    p.add_argument("--classes", help="class indices to cover, e.g. 1,2 (default: all but the background)")
+    p.add_argument("--top", type=int, default=12, help="rows of the table")
+    p.set_defaults(func=cmd_suggest)
+
+
+def add_stats_options(q: argparse.ArgumentParser) -> None:
+    """What ``data stats`` and ``suggest`` share: the data, the object definition, the coverage question."""
+    q.add_argument("spec", help="dataset spec: folder:/path, voc:/path, scale:size=64, multiscale, shapes")
+    q.add_argument("--split", help="split (synthetic: train; VOC: train)")
+    q.add_argument("--limit", type=int, help="read only the first N masks")
+    q.add_argument("--background", default="0", help="class index that is not an object, or none")
+    q.add_argument("--margin", type=int, default=0, help="pixels of context around an object to cover too")
+    q.add_argument(
+        "--anchor",
+        default="centre",
+        choices=["centre", "every"],
+        help="cover from the object's centre pixel, or from every pixel (the lab's criterion with --margin 1)",
+    )
+    q.add_argument("--max-sizes", type=int, default=8, help="distinct image sizes to analyse at most")
+    q.add_argument("--json", action="store_true")
 
 
 def _add_training_commands(sub) -> None:

@@ -1,0 +1,218 @@
+"""``atrous suggest``: the cheapest zoo configurations whose exact receptive field covers a dataset's objects.
+
+1. The data says what a hole-free square window centred on each object would need (:func:`needed_window`: twice
+   the farthest reach from the anchor, plus one); the ``target`` quantile over each class, the largest over
+   classes, is the window ``t`` the conv-stack candidates are built around (a box figure, used only to pick
+   candidates).
+2. A few dozen candidates: hole-free conv stacks reaching ``t`` (the shortest schedules, the rate-1 stack, and
+   the shortest schedule one step below ``t``), gridded stacks of the same depth and cost (holes), plain and
+   dilated U-Nets of depth 2-4, DeepLabv3-small at output stride 8 and 16 with and without image pooling, and
+   ASPP nets, all at the zoo's default widths.
+3. Each is judged exactly (:mod:`atrous.data.coverage`: the engine's support at every image size) and costed
+   by FLOPs at the dataset's sizes (mean per image). Ranked by FLOPs; at equal FLOPs a schedule without holes
+   comes first, so a gridded schedule is never recommended over a hole-free one of the same cost.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from atrous.data.coverage import (
+    ModelView,
+    check_anchor,
+    check_sizes,
+    covered_flags,
+    per_class,
+    reach,
+    rf_facts,
+)
+from atrous.data.stats import DatasetObjects
+from atrous.errors import OptionError, option
+from atrous.rf import schedule
+
+MAX_PLAIN_LAYERS = 16  # a rate-1 stack deeper than this is not a candidate anyone would train
+
+
+class SuggestError(OptionError):
+    """A suggestion that cannot be made as asked."""
+
+
+@dataclass
+class Candidate:
+    label: str  # short, for the 80-column table
+    spec: str  # what create_model takes
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def needed_window(objs: DatasetObjects, k: int, target: float, margin: int, anchor: str) -> int:
+    """The side of a hole-free centred square window holding ``target`` of class ``k``'s objects."""
+    needs = sorted(2 * reach(f, margin, anchor) + 1 for f in objs.of_class(k))
+    return needs[max(0, math.ceil(target * len(needs)) - 1)]
+
+
+def candidates(t: int, min_side: int) -> list[Candidate]:
+    """The candidate set for a needed window ``t`` on images whose shorter side is ``min_side``."""
+    t = max(3, t + 1 - t % 2)  # a stack of 3x3 convs reaches odd RFs: 1 + 2 * sum(rates)
+    out: list[Candidate] = []
+    below = schedule.suggest(t - 2, limit=1) if t > 3 else []
+    for s in [*schedule.suggest(t, limit=2), *below]:
+        rates = ",".join(map(str, s.rates))
+        out.append(Candidate(f"stack {rates}", f"convstack:rates={rates}"))
+        if len(s.rates) > 1 and len(set(s.rates)) > 1:  # the same depth and cost with one rate: gridded
+            r = max(1, round(sum(s.rates) / len(s.rates)))
+            same = ",".join([str(r)] * len(s.rates))
+            out.append(Candidate(f"stack {same}", f"convstack:rates={same}"))
+    layers = (t - 1) // 2
+    if layers <= MAX_PLAIN_LAYERS:
+        out.append(Candidate(f"stack 1 x{layers}", f"convstack:rates={','.join(['1'] * layers)}"))
+    for depth in (2, 3, 4):
+        if min_side < 2 ** (depth + 1):
+            continue
+        out.append(Candidate(f"unet d{depth}", f"unet:depth={depth}"))
+        for rates in ("1,2,4", "1,2,4,8", "2,2,2"):
+            out.append(
+                Candidate(
+                    f"dil-unet d{depth} {rates}", f"dilated_unet:depth={depth},bottleneck_rates={rates}"
+                )
+            )
+    if min_side >= 32:
+        for os_ in (8, 16):
+            out.append(
+                Candidate(f"deeplabv3s os{os_}", f"deeplabv3_small:output_stride={os_},image_pooling=False")
+            )
+            out.append(Candidate(f"deeplabv3s os{os_}+pool", f"deeplabv3_small:output_stride={os_}"))
+    for rates in ("1,6,12", "1,2,3"):
+        out.append(Candidate(f"aspp_net {rates}", f"aspp_net:rates={rates}"))
+    seen: set[str] = set()
+    return [c for c in out if not (c.spec in seen or seen.add(c.spec))]
+
+
+def evaluate(c: Candidate, objs: DatasetObjects, margin: int, anchor: str) -> dict[str, Any]:
+    """Exact coverage per class, mean FLOPs per image, parameters, RF, holes, output stride of one candidate."""
+    from atrous.flops import count_flops, count_params
+    from atrous.models.registry import create_model
+
+    with warnings.catch_warnings():  # gridded candidates are there on purpose
+        warnings.simplefilter("ignore")
+        model = create_model(c.spec, in_channels=objs.channels, num_classes=max(2, len(objs.class_names)))
+    view = ModelView(model, c.spec, objs.channels)
+    flags = covered_flags(objs, view, margin, anchor)
+    facts = rf_facts(view, objs)
+    flops = sum(count_flops(model, (objs.channels, *s)) * n for s, n in objs.sizes.items()) / objs.images
+    classes = per_class(objs, flags)
+    first = next(iter(facts.values()))
+    return {
+        "label": c.label,
+        "spec": c.spec,
+        "flops": int(flops),
+        "params": count_params(model),
+        "rf": None if first["global"] else max(first["rf"]),
+        "global": first["global"],
+        "holes": max(f["holes"] for f in facts.values()),
+        "output_stride": getattr(model, "output_stride", 1),
+        "coverage": {objs.class_names[k]: row["objects_covered"] for k, row in classes.items()},
+        "worst": min(row["objects_covered"] for row in classes.values()),
+        **({"why": first["why"]} if "why" in first else {}),
+    }
+
+
+def suggest(
+    objs: DatasetObjects,
+    target: float = 0.95,
+    margin: int = 0,
+    anchor: str = "centre",
+    classes: list[int] | None = None,
+    max_sizes: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Every candidate judged, covering ones first by (FLOPs, holes, parameters), then the rest by coverage."""
+    from rich.progress import Progress
+
+    if not 0 < target <= 1:
+        raise SuggestError(f"{option('target')} must be a share in (0, 1], got {target}")
+    check_anchor(anchor, margin)
+    check_sizes(objs, max_sizes)
+    wanted = objs.classes if classes is None else classes
+    have = [k for k in wanted if objs.of_class(k)]
+    if not have:
+        raise SuggestError(f"no objects of the classes asked for in {objs.images} masks of {objs.name}")
+    skipped = [objs.class_names[k] for k in wanted if k not in have]
+    sub = DatasetObjects(
+        objs.name, objs.class_names, objs.channels, have, [f for f in objs.found if f.obj.label in have],
+        objs.sizes, objs.pixels, objs.per_image,
+    )  # fmt: skip
+    needs = {objs.class_names[k]: needed_window(sub, k, target, margin, anchor) for k in have}
+    pool = candidates(max(needs.values()), min(min(s) for s in objs.sizes))
+    rows = []
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("candidates", total=len(pool))
+        for c in pool:
+            rows.append(evaluate(c, sub, margin, anchor))
+            bar.advance(task)
+    ok, rest = rank(rows, target)
+    return {
+        "dataset": objs.name,
+        "target": target,
+        "anchor": anchor,
+        "margin": margin,
+        "needed_window": needs,
+        "skipped_classes": skipped,
+        "sizes": [list(s) for s in sorted(objs.sizes)],
+        "covering": ok,
+        "not_covering": rest,
+    }
+
+
+def rank(rows: list[dict[str, Any]], target: float) -> tuple[list[dict], list[dict]]:
+    """(covering, not covering): the first by FLOPs, then holes (a hole-free schedule wins a tie of cost),
+    then parameters; the rest by their worst class's coverage."""
+    ok = sorted(
+        (r for r in rows if r["worst"] >= target), key=lambda r: (r["flops"], r["holes"] > 0, r["params"])
+    )
+    rest = sorted((r for r in rows if r["worst"] < target), key=lambda r: (-r["worst"], r["flops"]))
+    return ok, rest
+
+
+def suggest_table(data: dict[str, Any], top: int):
+    """The ranked candidates, 80 columns wide."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"cheapest models covering {data['target']:.0%} of every class's objects ({data['dataset']})",
+        caption="GFLOP: forward, mean per image; RF per axis (engine); holes per axis; OS: output stride",
+    )
+    for col in ("#", "model", "GFLOP", "params", "RF", "holes", "OS", "worst"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    shown = data["covering"][:top] + data["not_covering"][: max(0, top - len(data["covering"]))]
+    for i, r in enumerate(shown, 1):
+        rank = str(i) if r in data["covering"] else "-"
+        table.add_row(
+            rank,
+            r["label"],
+            f"{r['flops'] / 1e9:.3f}",
+            _count(r["params"]),
+            "global" if r["global"] else str(r["rf"]),
+            str(r["holes"]),
+            str(r["output_stride"]),
+            f"{r['worst']:.0%}",
+        )
+    return table
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def summary_lines(data: dict[str, Any]) -> list[str]:
+    needs = ", ".join(f"{k} {v}" for k, v in data["needed_window"].items())
+    lines = [f"hole-free centred window needed for {data['target']:.0%} of the objects (px): {needs}"]
+    if data["skipped_classes"]:
+        lines.append(f"no objects, left out: {', '.join(data['skipped_classes'])}")
+    n_ok, n = len(data["covering"]), len(data["covering"]) + len(data["not_covering"])
+    lines.append(f"{n_ok} of {n} candidates cover the target; '-' rows do not (worst class shown)")
+    if data["covering"] and "why" in data["covering"][0]:
+        lines.append(f"the cheapest covers everything because {data['covering'][0]['why']}")
+    return lines
