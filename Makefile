@@ -75,6 +75,8 @@ figures: $(STAMP)
 	mkdir -p docs/figures
 	cp runs/lab-figures/ex1_supports.png runs/lab-figures/ex1_erf_trained.png runs/lab-figures/ex2_regime_a_curves.png \
 	   runs/lab-figures/ex4_iou_by_size.png runs/lab-figures/ex5_rf_vs_accuracy.png docs/figures/
+	$(BIN)/python scripts/make_folder_dataset.py multiscale:size=96,n=64 runs/demo-data
+	$(BIN)/atrous data stats folder:runs/demo-data --model dilated_unet --plot docs/figures/data_stats.png
 
 # The README's receptive-field pictures: rf --plot, schedule --plot, and the rf --html page as a headless
 # Chromium shows it while the mouse is on output pixel (2, 5) (apt-get install chromium).

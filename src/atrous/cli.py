@@ -202,7 +202,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     if args.erf and not args.model:
         raise AtrousError("--erf needs --model: the effective RF is a model's")
     objs = scan(build_dataset(args.spec, split=args.split), parse_background(args.background), args.limit)
-    data = summary(objs)
+    data = summary(objs, args.max_sizes)
     lines: dict[str, float] = {}
     if args.model:
         model = resolve_model(args.model, **model_kwargs(args))
@@ -227,7 +227,12 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         if "note" in c:
             console.print(c["note"])
     if len(data["sizes"]) > 1:
-        console.print(f"{len(data['sizes'])} image sizes: per-size statistics and coverage are in --json")
+        where = f"in {len(data['size_buckets'])} buckets" if "size_buckets" in data else "each on its own"
+        console.print(
+            f"{len(data['sizes'])} image sizes, {where}: per-size statistics and coverage in --json"
+        )
+    if "size_buckets_why" in data.get("coverage", {}):
+        console.print(f"coverage per size bucket: {data['coverage']['size_buckets_why']}")
     if "coverage" in data:
         print_coverage(data)
     return 0
@@ -652,7 +657,12 @@ def add_stats_options(q: argparse.ArgumentParser) -> None:
         choices=["centre", "every"],
         help="cover from the object's centre pixel, or from every pixel (the lab's criterion with --margin 1)",
     )
-    q.add_argument("--max-sizes", type=int, default=8, help="distinct image sizes to analyse at most")
+    q.add_argument(
+        "--max-sizes",
+        type=int,
+        default=8,
+        help="image sizes analysed each on its own; more are grouped into this many buckets",
+    )
     q.add_argument("--json", action="store_true")
 
 

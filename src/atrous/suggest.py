@@ -8,9 +8,14 @@
    the shortest schedule one step below ``t``), gridded stacks of the same depth and cost (holes), plain and
    dilated U-Nets of depth 2-4, DeepLabv3-small at output stride 8 and 16 with and without image pooling, and
    ASPP nets, all at the zoo's default widths.
-3. Each is judged exactly (:mod:`atrous.data.coverage`: the engine's support at every image size) and costed
-   by FLOPs at the dataset's sizes (mean per image). Ranked by FLOPs; at equal FLOPs a schedule without holes
-   comes first, so a gridded schedule is never recommended over a hole-free one of the same cost.
+3. Each is judged exactly (:mod:`atrous.data.coverage`: the engine's support at every image size, or size
+   bucket) and costed by FLOPs at the dataset's sizes (mean per image). Ranked by FLOPs; at equal FLOPs a
+   schedule without holes comes first, so a gridded schedule is never recommended over a hole-free one of
+   the same cost.
+4. Coverage is necessary, not sufficient: a model whose logits are resized from a grid ``stride`` pixels apart
+   loses objects narrower than two strides to the boundary band (:func:`min_width`, the rule the lab's
+   designs use too). A candidate too coarse for the ``target`` share of a class's objects, by their
+   thickness (the largest square inside each), is not recommended, however well it covers them.
 """
 
 from __future__ import annotations
@@ -20,20 +25,40 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from atrous.data.coverage import (
+    BUCKET_WHY,
     ModelView,
+    buckets,
     check_anchor,
-    check_sizes,
     covered_flags,
     per_class,
     reach,
     rf_facts,
 )
-from atrous.data.stats import DatasetObjects
+from atrous.data.stats import DatasetObjects, Found, Size, bucket_notes
 from atrous.errors import OptionError, option
 from atrous.rf import schedule
 
 MAX_PLAIN_LAYERS = 16  # a rate-1 stack deeper than this is not a candidate anyone would train
+STRIDES_ACROSS = 2  # an object must span this many output strides to keep most of its pixels
+
+
+def min_width(stride: int) -> int:
+    """The narrowest object (px) that logits resized from a grid ``stride`` pixels apart still segment: the
+    upsampled boundary band is about a stride wide on each side, so an object narrower than two strides is
+    mostly band (the rule behind the lab's stride predictions, :func:`atrous.lab.design.predict_stride`)."""
+    return STRIDES_ACROSS * stride
+
+
+def logit_stride(model: nn.Module) -> int:
+    """The stride of the grid a model's logits are resized from: a U-Net's decoder brings them back to full
+    resolution (its ``output_stride`` is its bottleneck's); the others resize from their output stride. The
+    lab's ``describe`` reads it the same way."""
+    from atrous.models.unet import UNet
+
+    return 1 if isinstance(model, UNet) else int(getattr(model, "output_stride", 1))
 
 
 class SuggestError(OptionError):
@@ -47,10 +72,25 @@ class Candidate:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+def _share(values: list[int], target: float) -> int:
+    """The value that ``target`` of ``values`` are at most (the ``target`` quantile, no interpolation)."""
+    values = sorted(values)
+    return values[max(0, math.ceil(target * len(values)) - 1)]
+
+
 def needed_window(objs: DatasetObjects, k: int, target: float, margin: int, anchor: str) -> int:
     """The side of a hole-free centred square window holding ``target`` of class ``k``'s objects."""
-    needs = sorted(2 * reach(f, margin, anchor) + 1 for f in objs.of_class(k))
-    return needs[max(0, math.ceil(target * len(needs)) - 1)]
+    return _share([2 * reach(f, margin, anchor) + 1 for f in objs.of_class(k)], target)
+
+
+def needed_thickness(found: list[Found], target: float) -> int:
+    """The thickness ``target`` of the objects reach or exceed: the thinnest object the model must keep."""
+    return -_share([-f.obj.thickness for f in found], target)
+
+
+def coarsest_stride(thickness: int) -> int:
+    """The largest stride whose :func:`min_width` an object this thick still spans."""
+    return max(1, thickness // STRIDES_ACROSS)
 
 
 def candidates(t: int, min_side: int) -> list[Candidate]:
@@ -90,8 +130,12 @@ def candidates(t: int, min_side: int) -> list[Candidate]:
     return [c for c in out if not (c.spec in seen or seen.add(c.spec))]
 
 
-def evaluate(c: Candidate, objs: DatasetObjects, margin: int, anchor: str) -> dict[str, Any]:
-    """Exact coverage per class, mean FLOPs per image, parameters, RF, holes, output stride of one candidate."""
+def evaluate(
+    c: Candidate, objs: DatasetObjects, margin: int, anchor: str, at: dict[Size, Size],
+    thin: dict[str, int],
+) -> dict[str, Any]:  # fmt: skip
+    """Exact coverage per class, mean FLOPs per image, parameters, RF, holes, logit stride and the classes
+    too thin for that stride (``thin``: class -> needed thickness) of one candidate."""
     from atrous.flops import count_flops, count_params
     from atrous.models.registry import create_model
 
@@ -99,11 +143,16 @@ def evaluate(c: Candidate, objs: DatasetObjects, margin: int, anchor: str) -> di
         warnings.simplefilter("ignore")
         model = create_model(c.spec, in_channels=objs.channels, num_classes=max(2, len(objs.class_names)))
     view = ModelView(model, c.spec, objs.channels)
-    flags = covered_flags(objs, view, margin, anchor)
-    facts = rf_facts(view, objs)
-    flops = sum(count_flops(model, (objs.channels, *s)) * n for s, n in objs.sizes.items()) / objs.images
-    classes = per_class(objs, flags)
+    flags = covered_flags(objs, view, margin, anchor, at=at)
+    facts = rf_facts(view, sorted(set(at.values())))
+    # Counted once per analysed size and scaled by area (these nets' cost is linear in the pixels): exact
+    # while every size is analysed as it is.
+    per_size = {r: count_flops(model, (objs.channels, *r)) for r in set(at.values())}
+    flops = sum(per_size[at[s]] * (s[0] * s[1]) / (at[s][0] * at[s][1]) * n for s, n in objs.sizes.items())
+    flops /= objs.images
+    classes = per_class(objs, flags, at)
     first = next(iter(facts.values()))
+    stride = logit_stride(model)
     return {
         "label": c.label,
         "spec": c.spec,
@@ -112,7 +161,8 @@ def evaluate(c: Candidate, objs: DatasetObjects, margin: int, anchor: str) -> di
         "rf": None if first["global"] else max(first["rf"]),
         "global": first["global"],
         "holes": max(f["holes"] for f in facts.values()),
-        "output_stride": getattr(model, "output_stride", 1),
+        "stride": stride,
+        "too_thin": [name for name, t in thin.items() if t < min_width(stride)],
         "coverage": {objs.class_names[k]: row["objects_covered"] for k, row in classes.items()},
         "worst": min(row["objects_covered"] for row in classes.values()),
         **({"why": first["why"]} if "why" in first else {}),
@@ -128,13 +178,14 @@ def suggest(
     max_sizes: int = 8,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Every candidate judged, covering ones first by (FLOPs, holes, parameters), then the rest by coverage."""
+    """Every candidate judged: the recommended ones (covering, stride fine enough) first by (FLOPs, holes,
+    parameters), then the rest by coverage."""
     from rich.progress import Progress
 
     if not 0 < target <= 1:
         raise SuggestError(f"{option('target')} must be a share in (0, 1], got {target}")
     check_anchor(anchor, margin)
-    check_sizes(objs, max_sizes)
+    at = buckets(objs, max_sizes)
     wanted = objs.classes if classes is None else classes
     have = [k for k in wanted if objs.of_class(k)]
     if not have:
@@ -145,34 +196,43 @@ def suggest(
         objs.sizes, objs.pixels, objs.per_image,
     )  # fmt: skip
     needs = {objs.class_names[k]: needed_window(sub, k, target, margin, anchor) for k in have}
-    pool = candidates(max(needs.values()), min(min(s) for s in objs.sizes))
+    thin = {objs.class_names[k]: needed_thickness(sub.of_class(k), target) for k in have}
+    pool = candidates(max(needs.values()), min(min(s) for s in at.values()))
     rows = []
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("candidates", total=len(pool))
         for c in pool:
-            rows.append(evaluate(c, sub, margin, anchor))
+            rows.append(evaluate(c, sub, margin, anchor, at, thin))
             bar.advance(task)
     ok, rest = rank(rows, target)
-    return {
+    data = {
         "dataset": objs.name,
         "target": target,
         "anchor": anchor,
         "margin": margin,
         "needed_window": needs,
+        "needed_thickness": thin,
+        "coarsest_stride": coarsest_stride(min(thin.values())),
         "skipped_classes": skipped,
         "sizes": [list(s) for s in sorted(objs.sizes)],
         "covering": ok,
         "not_covering": rest,
     }
+    if any(k != v for k, v in at.items()):
+        data.update(size_buckets=bucket_notes(at), size_buckets_why=BUCKET_WHY)
+    return data
 
 
 def rank(rows: list[dict[str, Any]], target: float) -> tuple[list[dict], list[dict]]:
-    """(covering, not covering): the first by FLOPs, then holes (a hole-free schedule wins a tie of cost),
-    then parameters; the rest by their worst class's coverage."""
-    ok = sorted(
-        (r for r in rows if r["worst"] >= target), key=lambda r: (r["flops"], r["holes"] > 0, r["params"])
-    )
-    rest = sorted((r for r in rows if r["worst"] < target), key=lambda r: (-r["worst"], r["flops"]))
+    """(recommended, not): a candidate is recommended when it covers ``target`` of every class and its
+    stride is fine enough for every class (no ``too_thin``). The first by FLOPs, then holes (a hole-free
+    schedule wins a tie of cost), then parameters; the rest by their worst class's coverage, then FLOPs."""
+
+    def good(r: dict[str, Any]) -> bool:
+        return r["worst"] >= target and not r["too_thin"]
+
+    ok = sorted((r for r in rows if good(r)), key=lambda r: (r["flops"], r["holes"] > 0, r["params"]))
+    rest = sorted((r for r in rows if not good(r)), key=lambda r: (-r["worst"], r["flops"]))
     return ok, rest
 
 
@@ -182,13 +242,21 @@ def suggest_table(data: dict[str, Any], top: int):
 
     table = Table(
         title=f"cheapest models covering {data['target']:.0%} of every class's objects ({data['dataset']})",
-        caption="GFLOP: forward, mean per image; RF per axis (engine); holes per axis; OS: output stride",
+        caption="GFLOP: forward, mean per image; RF and holes per axis (engine); stride: of the grid the "
+        "logits are resized from, ! too coarse; worst: lowest class coverage",
     )
-    for col in ("#", "model", "GFLOP", "params", "RF", "holes", "OS", "worst"):
+    for col in ("#", "model", "GFLOP", "params", "RF", "holes", "stride", "worst"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    shown = data["covering"][:top] + data["not_covering"][: max(0, top - len(data["covering"]))]
-    for i, r in enumerate(shown, 1):
-        rank = str(i) if r in data["covering"] else "-"
+    ok = data["covering"][:top]
+    # Rows that cover but are too coarse are shown where their cost would rank them, so that the cheapest
+    # model a user might have expected is seen with its reason; the rest fill the table below.
+    bound = ok[-1]["flops"] if len(ok) == top else float("inf")
+    coarse = [r for r in data["not_covering"] if not r["worst"] < data["target"] and r["flops"] <= bound]
+    shown = sorted(ok + coarse, key=lambda r: r["flops"])[:top]
+    shown += [r for r in data["not_covering"] if r not in coarse][: max(0, top - len(shown))]
+    number = {id(r): i for i, r in enumerate(data["covering"], 1)}
+    for r in shown:
+        rank = str(number[id(r)]) if id(r) in number else "-"
         table.add_row(
             rank,
             r["label"],
@@ -196,7 +264,7 @@ def suggest_table(data: dict[str, Any], top: int):
             _count(r["params"]),
             "global" if r["global"] else str(r["rf"]),
             str(r["holes"]),
-            str(r["output_stride"]),
+            f"{r['stride']}{'!' if r['too_thin'] else ''}",
             f"{r['worst']:.0%}",
         )
     return table
@@ -211,8 +279,17 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     lines = [f"hole-free centred window needed for {data['target']:.0%} of the objects (px): {needs}"]
     if data["skipped_classes"]:
         lines.append(f"no objects, left out: {', '.join(data['skipped_classes'])}")
+    thin = ", ".join(f"{k} {v}" for k, v in data["needed_thickness"].items())
+    coarse = [r for r in data["not_covering"] if r["too_thin"]]
+    lines.append(
+        f"{data['target']:.0%} of the objects are at least this thick (px): {thin}; an object must span "
+        f"two output strides (the lab's rule): stride <= {data['coarsest_stride']}"
+    )
     n_ok, n = len(data["covering"]), len(data["covering"]) + len(data["not_covering"])
-    lines.append(f"{n_ok} of {n} candidates cover the target; '-' rows do not (worst class shown)")
+    lines.append(f"{n_ok} of {n} candidates recommended; '-' rows are not: {len(coarse)} of them for their")
+    lines.append("stride (!), the others cover too little (worst class shown)")
+    if "size_buckets" in data:
+        lines.append(f"{len(data['sizes'])} image sizes in {len(data['size_buckets'])} buckets: {BUCKET_WHY}")
     if data["covering"] and "why" in data["covering"][0]:
         lines.append(f"the cheapest covers everything because {data['covering'][0]['why']}")
     return lines

@@ -4,7 +4,7 @@ coverage against the gradient oracle and the lab's needed RF; bad input as one l
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,8 @@ from PIL import Image
 from atrous.cli import main
 from atrous.data import build_dataset
 from atrous.data.components import components
-from atrous.data.coverage import ModelView, coverage
-from atrous.data.stats import DatasetError, scan, summary
+from atrous.data.coverage import ModelView, coverage, covered_flags
+from atrous.data.stats import DatasetError, scan, size_buckets, summary
 from atrous.data.synthetic import needed_rf
 from atrous.models.registry import create_model
 from atrous.rf import schedule
@@ -150,8 +150,79 @@ def test_sizes_and_missing_class(tmp_path: Path, capsys) -> None:
     assert set(data["coverage"]["classes"]["1"]["by_size"]) == {"32x32", "40x48"}
     # RF 7 from the centre: the 6 x 6 square is covered, the 10 x 4 bar is not.
     assert data["coverage"]["classes"]["1"]["objects_covered"] == 0.5
-    assert main(["data", "stats", f"folder:{root}", "--model", "convstack", "--max-sizes", "1"]) == 2
-    assert "2 image sizes" in capsys.readouterr().err
+    # One bucket: both images judged at 32 x 32, the bar in the top-left sub-rectangle of its image (it
+    # touches that corner), so the answers do not change.
+    argv = ["data", "stats", f"folder:{root}", "--model", "convstack:rates=1,2", "--json", "--max-sizes", "1"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["size_buckets"] == [{"analysed_at": [32, 32], "sizes": [[32, 32], [40, 48]]}]
+    assert data["coverage"]["classes"]["1"]["objects_covered"] == 0.5
+    assert set(data["coverage"]["classes"]["1"]["by_size"]) == {"32x32"}
+
+
+def test_size_buckets_are_sub_rectangles_of_their_members() -> None:
+    rng = np.random.default_rng(0)
+    sizes = Counter(
+        {(int(h), int(w)): int(n) for h, w, n in rng.integers([100, 100, 1], [500, 500, 9], (60, 3))}
+    )
+    at = size_buckets(sizes, 8)
+    assert set(at) == set(sizes) and len(set(at.values())) == 8
+    for rep in set(at.values()):
+        members = [s for s in at if at[s] == rep]
+        assert rep == (min(h for h, _ in members), min(w for _, w in members))
+    assert size_buckets(sizes, 60) == {s: s for s in sizes}
+    # The greedy merge keeps like with like: two tight clusters of sizes end up in two buckets at their minima.
+    two = Counter({(300 + i, 400 + i): 1 for i in range(5)} | {(400 + i, 300 + i): 1 for i in range(5)})
+    assert sorted(set(size_buckets(two, 2).values())) == [(300, 400), (400, 300)]
+
+
+def many_sizes_folder(root: Path) -> Path:
+    """Fourteen masks of fourteen sizes, a square of side 6-13 in each, some at a border or a corner, and a
+    90 x 90 mask with a 50 px square in the middle."""
+    rng = np.random.default_rng(1)
+    masks = []
+    for i in range(14):
+        m = np.zeros((40 + 3 * i, 64 - 2 * i), int)
+        side = 6 + i % 8
+        y = [0, m.shape[0] - side, int(rng.integers(0, m.shape[0] - side))][i % 3]
+        x = [m.shape[1] - side, 0, int(rng.integers(0, m.shape[1] - side))][i % 3]
+        m[y : y + side, x : x + side] = 1 + i % 2
+        masks.append(m)
+    big = np.zeros((90, 90), int)
+    big[20:70, 20:70] = 1
+    return write_folder(root, [*masks, big])
+
+
+@pytest.mark.parametrize(("rates", "most"), [("1,2,3,4", 3), ("1,2,4,8,16", 1)])
+def test_buckets_never_overstate_coverage(tmp_path: Path, rates: str, most: int) -> None:
+    """A stride-1 stack judged in size buckets against every size on its own, object by object: a bucket
+    never covers an object that its own image does not. With RF 21 and 3 buckets the answers are
+    the same; with RF 63 and one bucket (at 40 x 38) the 50 px square, covered in its 90 x 90 image, does
+    not fit the bucket and is the one object lost."""
+    objs = scan(build_dataset(f"folder:{many_sizes_folder(tmp_path / 'd')}"), progress=False)
+    view = ModelView(create_model(f"convstack:rates={rates}"), rates, 3)
+    exact = covered_flags(objs, view)
+    at = size_buckets(objs.sizes, most)
+    assert len(set(at.values())) == most
+    bucketed = covered_flags(objs, view, at=at)
+    assert not (bucketed & ~exact).any()
+    lost = [f.obj.height for f, b, e in zip(objs.found, bucketed, exact) if e and not b]
+    assert lost == ([] if most == 3 else [50])
+    if most == 3:
+        assert exact.sum() == 14  # every small square: the comparison is not between two empty sets
+
+
+def test_many_sizes_on_the_command_line(tmp_path: Path, capsys) -> None:
+    root = many_sizes_folder(tmp_path / "d")
+    assert (
+        main(["data", "stats", f"folder:{root}", "--model", "convstack:rates=1,2", "--max-sizes", "3"]) == 0
+    )
+    out = capsys.readouterr().out
+    text = " ".join(out.split())  # rich wraps at 80 columns
+    assert "15 image sizes, in 3 buckets" in text and "a smaller image only adds borders" in text
+    assert main(["suggest", f"folder:{root}", "--max-sizes", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["size_buckets"]) == 3 and len(data["sizes"]) == 15
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
@@ -164,9 +235,38 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
         ["data", "stats", f"folder:{blank}"],
         ["suggest", f"folder:{blank}"],
         ["data", "stats", "scale:n=2", "--erf"],
+        ["data", "stats", "nonsense:x"],
+        ["suggest", f"folder:{empty}"],
+        ["suggest", "scale:n=2", "--max-sizes", "0"],
+        ["data", "stats", "scale:n=2", "--model", "convstack", "--max-sizes", "0"],
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("atrous: error:") and err.count("\n") == 1, err
     with pytest.raises(DatasetError, match="no objects in 1 masks"):
         summary(scan(build_dataset(f"folder:{blank}"), progress=False))
+
+
+def brute_thickness(mask: np.ndarray) -> int:
+    """The largest t with a t x t square of True somewhere, by trying every square."""
+    h, w = mask.shape
+    return max(
+        t for t in range(1, min(h, w) + 1)
+        if any(mask[y : y + t, x : x + t].all() for y in range(h - t + 1) for x in range(w - t + 1))
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_thickness_is_the_largest_inner_square(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((24, 24), bool)
+    for y, x, h, w in rng.integers([0, 0, 1, 1], [18, 18, 14, 14], (4, 4)):
+        mask[y : y + h, x : x + w] = True  # overlapping rectangles: L shapes, crosses, bars
+    for c in components(mask):
+        alone = np.zeros_like(mask)
+        for r, s, e in zip(c.rows, c.starts, c.ends):
+            alone[r, s:e] = True
+        assert c.thickness == brute_thickness(alone)
+    bar = np.zeros((12, 12), bool)
+    bar[1:11, 4:7] = True
+    assert components(bar)[0].thickness == 3  # 10 x 3: as thick as its narrow side, not its extent

@@ -9,6 +9,7 @@ corner are two objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -57,9 +58,33 @@ class Component:
             grid, top, left = grid[t0 - top : t1 - top, l0 - left : l1 - left], t0, l0
         return top, left, grid
 
+    @cached_property
+    def thickness(self) -> int:
+        """The side of the largest square inside the object: how wide it is across its widest part. A bar
+        10 x 3 is 3 thick, a one-pixel diagonal line 1, however large their boxes; it is what a coarse output
+        grid erodes (:func:`atrous.suggest.min_width`)."""
+        _, _, fit = self.crop()  # fit[p]: a t x t square with top-left corner p lies inside the object
+        t = 1
+        while (grown := _grow(fit, t)).any():  # doubling, then binary lifting on the remaining bits
+            fit, t = grown, 2 * t
+        step = t // 2
+        while step:
+            if (grown := _grow(fit, step)).any():
+                fit, t = grown, t + step
+            step //= 2
+        return t
+
     def touches_border(self, shape: tuple[int, int]) -> bool:
         y0, x0, y1, x1 = self.box
         return y0 == 0 or x0 == 0 or y1 == shape[0] or x1 == shape[1]
+
+
+def _grow(fit: np.ndarray, u: int) -> np.ndarray:
+    """From where a t x t square fits to where a (t + u) x (t + u) one does (u <= t): four t-squares at the
+    corners' offsets cover it."""
+    if u >= min(fit.shape):
+        return np.zeros((0, 0), dtype=bool)
+    return fit[:-u, :-u] & fit[u:, :-u] & fit[:-u, u:] & fit[u:, u:]
 
 
 def _dilate(grid: np.ndarray, m: int) -> np.ndarray:

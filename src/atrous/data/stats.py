@@ -3,10 +3,16 @@ serve.
 
 An object is a 4-connected component of one class in one mask (:mod:`atrous.data.components`); the background
 class (index 0 unless told otherwise) and the ignore value are not objects. Per class: bounding-box height and
-width, extent (the larger of the two), equivalent diameter (of the disc with the object's area), their
-percentiles, objects per image, the class's share of labelled pixels, and the objects that touch the image
-border (their extent is a lower bound: the image cut them). Masks are read one at a time (synthetic tasks
-render masks without drawing noise), and every object is kept as row runs for the coverage checks.
+width, extent (the larger of the two), equivalent diameter (of the disc with the object's area), thickness (the
+side of the largest square inside it), their percentiles, objects per image, the class's share of labelled
+pixels, and the objects that touch the image border (their extent is a lower bound: the image cut them).
+Masks are read one at a time (synthetic tasks render masks without drawing noise), and every object is kept as
+row runs for the coverage checks.
+
+A dataset with more distinct image sizes than ``max_sizes`` is measured per **size bucket**
+(:func:`size_buckets`): sizes grouped so that each bucket's smallest height and width lose the least image
+area, which is the size the coverage checks analyse the bucket at (:mod:`atrous.data.coverage` says why that
+direction is the safe one).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from atrous.data.files import DatasetError, FileDataset, load_mask
 from atrous.data.synthetic import SyntheticTask
 
 PERCENTILES = (5, 25, 50, 75, 95, 100)
-MEASURES = ("height", "width", "extent", "diameter")
+MEASURES = ("height", "width", "extent", "diameter", "thickness")
 
 
 def percentile_key(q: int) -> str:
@@ -66,6 +72,60 @@ class DatasetObjects:
         if what == "extent":
             return np.array([max(f.obj.height, f.obj.width) for f in found], dtype=float)
         return np.array([getattr(f.obj, what) for f in found], dtype=float)
+
+
+Size = tuple[int, int]
+
+
+def size_buckets(sizes: Counter, most: int) -> dict[Size, Size]:
+    """Each image size -> the size its bucket is analysed at: itself while there are at most ``most`` sizes;
+    otherwise at most ``most`` buckets, each at its members' smallest height and smallest width (so every
+    member holds it as a sub-rectangle), grouped greedily by the merge that loses the least image area
+    (``sum over images of 1 - bucket area / image area``)."""
+    if most < 1:
+        raise DatasetError(f"--max-sizes must be at least 1, got {most}")
+    order = sorted(sizes)
+    if len(order) <= most:
+        return {s: s for s in order}
+    h = np.array([s[0] for s in order], dtype=float)
+    w = np.array([s[1] for s in order], dtype=float)
+    n = np.array([sizes[s] for s in order], dtype=float)
+    inv = n / (h * w)  # per bucket: sum of images / area, so that its loss is n - h w inv
+    groups = [[i] for i in range(len(order))]
+    alive = np.ones(len(order), dtype=bool)
+
+    def extra(i: int) -> np.ndarray:  # the loss a merge of bucket i with each other bucket adds
+        hm, wm = np.minimum(h[i], h), np.minimum(w[i], w)
+        own = h * w * inv
+        cost = own[i] + own - hm * wm * (inv[i] + inv)
+        cost[~alive] = np.inf
+        cost[i] = np.inf
+        return cost
+
+    table = np.stack([extra(i) for i in range(len(order))])
+    for _ in range(len(order) - most):
+        i, j = divmod(int(np.argmin(table)), len(order))
+        i, j = min(i, j), max(i, j)
+        h[i], w[i], inv[i] = min(h[i], h[j]), min(w[i], w[j]), inv[i] + inv[j]
+        groups[i] += groups[j]
+        alive[j] = False
+        table[j, :] = table[:, j] = np.inf
+        table[i, :] = table[:, i] = extra(i)
+    return {order[m]: (int(h[g[0]]), int(w[g[0]])) for g in (groups[i] for i in np.flatnonzero(alive))
+            for m in g}  # fmt: skip
+
+
+def bucket_notes(at: dict[Size, Size]) -> list[dict[str, Any]]:
+    """The buckets for the JSON: the size analysed, the sizes it stands for."""
+    reps = sorted(set(at.values()))
+    return [
+        {"analysed_at": list(r), "sizes": [list(s) for s in sorted(s for s in at if at[s] == r)]}
+        for r in reps
+    ]
+
+
+def size_key(size: Size) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 def masks(dataset) -> Iterator[np.ndarray]:
@@ -148,8 +208,9 @@ def class_summary(objs: DatasetObjects, k: int, found: list[Found] | None = None
     return row
 
 
-def summary(objs: DatasetObjects) -> dict[str, Any]:
-    """The JSON of ``data stats``: per class, and per image size where the dataset has several."""
+def summary(objs: DatasetObjects, max_sizes: int = 8) -> dict[str, Any]:
+    """The JSON of ``data stats``: per class, and per image size (per size bucket beyond ``max_sizes``)
+    where the dataset has several."""
     if not objs.found:
         raise DatasetError(
             f"no objects in {objs.images} masks of {objs.name}: every pixel is background or ignored "
@@ -163,11 +224,14 @@ def summary(objs: DatasetObjects) -> dict[str, Any]:
         "classes": [class_summary(objs, k) for k in objs.classes],
     }
     if len(objs.sizes) > 1:
+        at = size_buckets(objs.sizes, max_sizes)
+        if len(objs.sizes) > max_sizes:
+            data["size_buckets"] = bucket_notes(at)
         data["by_size"] = {
-            f"{s[0]}x{s[1]}": [
-                class_summary(objs, k, [f for f in objs.of_class(k) if f.size == s]) for k in objs.classes
+            size_key(r): [
+                class_summary(objs, k, [f for f in objs.of_class(k) if at[f.size] == r]) for k in objs.classes
             ]
-            for s in sorted(objs.sizes)
+            for r in sorted(set(at.values()))
         }
     return data
 

@@ -27,6 +27,7 @@ from atrous.flops import count_flops, count_params
 from atrous.models.registry import create_model
 from atrous.models.unet import UNet
 from atrous.rf import analyze
+from atrous.suggest import min_width  # the stride rule, shared with `atrous suggest`
 
 COST_TOLERANCE = 0.10
 GAP = 2  # background pixels between objects (the scale task's default)
@@ -149,9 +150,9 @@ def predict_rf(a: Model, b: Model, need: int) -> tuple[str, str]:
 def predict_stride(a: Model, b: Model, small: int) -> tuple[str, str]:
     """Objects narrower than two output strides: the logits are upsampled from a grid ``stride`` pixels
     apart, so an object's boundary band (about a stride wide on each side) covers most of it."""
-    if a.output_stride > b.output_stride and small < 2 * a.output_stride:
+    if a.output_stride > b.output_stride and small < min_width(a.output_stride):
         return "worse", (
             f"output stride {a.output_stride} vs {b.output_stride}: {small}px objects are narrower than two "
-            f"strides ({2 * a.output_stride}px)"
+            f"strides ({min_width(a.output_stride)}px)"
         )
     return "tie", f"output stride {a.output_stride}: {small}px objects span at least two strides"
