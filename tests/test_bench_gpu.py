@@ -7,13 +7,18 @@ import dataclasses
 import gc
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from rich.console import Console
+from torch.autograd import DeviceType
 
+import atrous
 from atrous.bench import gpu
 from atrous.bench.gpu import Setting, bench_gpu, datasheet_peak, kernel_family, kernel_shares, print_gpu
+from atrous.flops import count_flops
+from atrous.train import loop
 from atrous.train.distributed import Dist
 from atrous.train.loop import FitResult, Trainer
 
@@ -22,23 +27,96 @@ SMALL = Setting(
 )
 
 
-def test_the_gpu_suite_runs_end_to_end_on_a_small_setting(capsys: pytest.CaptureFixture) -> None:
+def test_the_gpu_suite_runs_end_to_end_on_a_small_setting(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every row runs; its numbers follow from what was measured: a bare row's img/s is the batch over the
+    timed seconds, the train row's is the images after the first step over the time after it, MFU is FLOPs
+    times rate over the peak, and the FLOP count is forward and backward of one image."""
+    per_call = 0.25  # every timed call (each still runs what it times) takes a known time: rates are known
+
+    def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
+        fn()
+        return per_call
+
+    fits: list[FitResult] = []
+    fit = loop.fit
+
+    def recorded_fit(cfg, *args, **kwargs) -> FitResult:
+        fits.append(fit(cfg, *args, **kwargs))
+        return fits[-1]
+
+    monkeypatch.setattr(gpu, "timed", timed)
+    monkeypatch.setattr(loop, "fit", recorded_fit)
     result = bench_gpu(torch.device("cpu"), workers=0, setting=SMALL)
     assert [r for r in result["rows"] if "error" in r] == []
-    labels = [r["config"] for r in result["rows"]]
-    assert labels[-1] == "atrous train, channels-last eager, data and all"
-    assert all(r["img_s"] > 0 and r["mfu_measured"] > 0 for r in result["rows"])
-    assert result["rows"][-1]["first_step_s"] > 0 and "compile_s" not in result["rows"][-1]
+    *bare, train = result["rows"]
+    assert train["config"] == "atrous train, channels-last eager, data and all"
+    assert [r["img_s"] for r in bare] == [SMALL.batch / per_call] * 2
+    assert result["matmul_tflops"] == pytest.approx(2 * SMALL.matmul**3 / per_call / 1e12)
+    (run,) = fits
+    (epoch,) = run.history
+    after_first = epoch["seconds"] - run.first_step_seconds
+    assert train["img_s"] == pytest.approx(SMALL.batch * (SMALL.train_steps - 1) / after_first)
+    assert train["first_step_s"] == run.first_step_seconds and "compile_s" not in train
+    flop = result["gflop_per_img"] * 1e9
+    for r in result["rows"]:
+        assert r["mfu_measured"] == pytest.approx(flop * r["img_s"] / (result["matmul_tflops"] * 1e12))
+        assert (
+            r["mfu_datasheet"] is None and r["vs_torchvision_cl"] is None
+        )  # no datasheet, no torchvision row
+    # Backward costs about two forwards (input and weight gradients; the first layer needs no input gradient).
+    forward = count_flops(atrous.create_model(SMALL.model_spec()), (3, SMALL.size, SMALL.size))
+    assert 2 * forward < flop <= 3 * forward
     assert [d["pipeline"].split(",")[0] for d in result["data"]] == [
         "composed on the device",
         "drawn on the CPU",
     ]
     # A CPU has no device kernels: the profile is empty and says so, rather than 0 % of every family.
     assert result["profile"] == {"device_ms_per_step": 0.0, "families": [], "unclassified_kernels": []}
-    assert result["gflop_per_img"] > 0
     print_gpu(result, Console(width=100))
     out = capsys.readouterr().out
     assert "Training speed, same run" in out and "no device kernels were recorded (empty profile)" in out
+
+
+@dataclasses.dataclass
+class StandInEvent:
+    """What ``_device_events`` reads of a torch.profiler event."""
+
+    name: str
+    device_type: DeviceType
+    activity_type: str | None
+    us: float
+    is_user_annotation: bool = False
+
+    @property
+    def time_range(self) -> SimpleNamespace:
+        return SimpleNamespace(elapsed_us=lambda: self.us)
+
+
+def test_a_profile_becomes_kernel_families_without_host_events_or_annotations() -> None:
+    """From the profiler's events to shares: device kernels and copies count; host events and annotations
+    (which span the kernels they annotate, so would count their time twice) do not."""
+    fprop, dgrad = REAL_KERNELS[0][0], REAL_KERNELS[3][0]
+    cuda = DeviceType.CUDA
+    events = [
+        StandInEvent(fprop, cuda, "kernel", 500.0),
+        StandInEvent(dgrad, cuda, "kernel", 250.0),
+        StandInEvent("Memcpy HtoD (Pageable -> Device)", cuda, "gpu_memcpy", 150.0),
+        StandInEvent("vectorized_elementwise_kernel", cuda, None, 100.0),  # a torch that gives no type
+        StandInEvent("ProfilerStep#1", cuda, "gpu_user_annotation", 1000.0),
+        StandInEvent("## forward ##", cuda, "kernel", 1000.0, is_user_annotation=True),
+        StandInEvent("aten::convolution", DeviceType.CPU, None, 4000.0),
+    ]
+    p = kernel_shares(gpu._device_events(SimpleNamespace(events=lambda: events)), steps=2)
+    assert p["device_ms_per_step"] == pytest.approx(0.5)
+    assert {f["family"]: f["share"] for f in p["families"]} == {
+        "conv forward": pytest.approx(0.5),
+        "conv backward": pytest.approx(0.25),
+        "memcpy": pytest.approx(0.15),
+        "elementwise and copies": pytest.approx(0.1),
+        "unclassified": 0.0,
+    }
 
 
 # Kernel names as torch.profiler reports them on Hopper and Ampere (cuDNN 8/9, cutlass, cuBLAS/cuBLASLt, ATen,

@@ -19,12 +19,19 @@ from atrous.rf import analyze
 
 
 def constant_stack(
-    kernels: list[int], dilations: list[int] | None = None, channels: int = 1, value: float = 1.0
+    kernels: list[int],
+    dilations: list[int] | None = None,
+    channels: int = 1,
+    value: float = 1.0,
+    strides: list[int] | None = None,
 ) -> nn.Sequential:
     dilations = dilations or [1] * len(kernels)
+    strides = strides or [1] * len(kernels)
     layers = []
-    for i, (k, d) in enumerate(zip(kernels, dilations)):
-        conv = nn.Conv2d(channels if i == 0 else 1, 1, k, padding=d * (k - 1) // 2, dilation=d, bias=False)
+    for i, (k, d, s) in enumerate(zip(kernels, dilations, strides)):
+        conv = nn.Conv2d(
+            channels if i == 0 else 1, 1, k, stride=s, padding=d * (k - 1) // 2, dilation=d, bias=False
+        )
         nn.init.constant_(conv.weight, value)
         layers.append(conv)
     return nn.Sequential(*layers)
@@ -55,15 +62,69 @@ def test_gridded_stack_erf_is_zero_exactly_at_the_engine_holes() -> None:
     assert (~mask).sum() > 0  # there are holes to test
 
 
+def exact_support(
+    kernels: list[int], dilations: list[int], strides: list[int], size: int, at: int
+) -> np.ndarray:
+    """The input pixels (one axis) that reach output pixel ``at`` of a stack, by convolution arithmetic alone,
+    not the engine: walking back layer by layer, output ``u`` reads inputs ``u * s - p + d * j`` (j < k) that lie
+    inside that layer's input; a tap on padding reaches nothing."""
+    sizes = [size]
+    for k, d, s in zip(kernels, dilations, strides):
+        p = d * (k - 1) // 2
+        sizes.append((sizes[-1] + 2 * p - d * (k - 1) - 1) // s + 1)
+    reached = {at}
+    for k, d, s, n in reversed(list(zip(kernels, dilations, strides, sizes))):
+        p = d * (k - 1) // 2
+        reached = {u * s - p + d * j for u in reached for j in range(k)} & set(range(n))
+    axis = np.zeros(size, dtype=bool)
+    axis[sorted(reached)] = True
+    return axis
+
+
+@pytest.mark.parametrize(
+    ("kernels", "dilations", "strides"),
+    [
+        ([3, 3, 3], [1, 2, 5], [1, 1, 1]),  # hole-free, 17 wide
+        ([3, 3, 3], [2, 2, 2], [1, 1, 1]),  # gridded: 13 wide with 6 holes
+        ([1, 3], [1, 1], [2, 1]),  # a strided 1x1 skips every other pixel
+        ([2, 3], [1, 2], [2, 1]),  # stride and dilation: pairs of pixels, 4 apart
+        ([3, 3, 3], [1, 1, 3], [2, 2, 1]),  # downsampling, then dilation with a tap on padding
+    ],
+)
+def test_erf_support_is_the_exact_support(
+    kernels: list[int], dilations: list[int], strides: list[int]
+) -> None:
+    """With positive weights no paths cancel, so the ERF is nonzero exactly where the RF reaches: it may neither
+    spill outside the exact support nor miss a pixel of it (its extremes included), and the engine agrees."""
+    size = 23
+    model = constant_stack(kernels, dilations, strides=strides)
+    erf = effective_rf(model, (1, size, size), samples=2)
+    (y, x) = erf.position
+    expected = np.outer(
+        exact_support(kernels, dilations, strides, size, y),
+        exact_support(kernels, dilations, strides, size, x),
+    )
+    assert np.array_equal(erf.map > 0, expected)
+    assert np.array_equal(analyze(model, (1, size, size)).support(erf.position), expected)
+
+
 @pytest.mark.parametrize("name", atrous.list_models())
-def test_erf_support_is_inside_the_engine_support(name: str) -> None:
+def test_erf_support_is_the_engine_support(name: str) -> None:
+    """Gradient outside the engine's support means the engine misses a path; support without gradient means the
+    engine over-reaches (or the ERF lost a path). Small random weights on top of the initialisation, since an
+    identity-initialised context module passes no gradient through its off-centre taps."""
     torch.manual_seed(0)
     model = atrous.create_model(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape))
     size = max(model.min_size, 33)
     shape = (model.in_channels, size, size + 2)
     erf = effective_rf(model, shape, samples=3, batch=3)
     support = analyze(model, shape).support(erf.position)
-    assert not ((erf.map > 0) & ~support).any(), f"{name}: gradient outside the receptive field"
+    reached = erf.map > 0
+    assert not (reached & ~support).any(), f"{name}: gradient outside the receptive field"
+    assert not (support & ~reached).any(), f"{name}: receptive field where no gradient reaches"
 
 
 def test_sigma_grows_like_sqrt_depth() -> None:

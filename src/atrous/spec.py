@@ -6,6 +6,8 @@ Values are Python literals (``None``, ``True``, ``32``, ``'a,b'``, ``[False,True
 or a bare string (``encoder=resnet34``). Commas and ``=`` inside brackets or quotes do not split.
 
 Models also come as import paths, ``package.module:factory:key=value,...`` (see :func:`split_import_path`).
+A model spec is parsed once, where it enters (the CLI, ``fit``, ``atrous.load``), into a :class:`ModelSpec`,
+and travels as that value down to the factory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from atrous.errors import SpecError
@@ -120,9 +124,56 @@ def split_import_path(spec: str) -> tuple[str, str, str] | None:
 def with_kwargs(spec: str, kwargs: dict[str, Any]) -> str:
     """``spec`` with ``kwargs`` appended as Python literals, which :func:`parse_kwargs` reads back:
     ``with_kwargs("pkg.mod:factory", {"weights": None})`` -> ``"pkg.mod:factory:weights=None"``."""
-    if not kwargs:
-        return spec
     path = split_import_path(spec)
     args = path[2] if path is not None else split_spec(spec)[1]
+    return _append(spec, bool(args.strip()), kwargs)
+
+
+def _append(spec: str, has_args: bool, kwargs: dict[str, Any]) -> str:
+    if not kwargs:
+        return spec
     extra = ",".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return f"{spec.rstrip(',')}{',' if args.strip() else ':'}{extra}"
+    return f"{spec.rstrip(',')}{',' if has_args else ':'}{extra}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model spec, parsed: a zoo name with the defaults it registered, or an import path
+    ``module:attribute``, or neither (an unknown name, which the code that builds models refuses in its own
+    words); and the arguments the spec spells. Build it with :func:`parse_model_spec`."""
+
+    text: str  # as written: messages quote it
+    name: str  # what precedes the first ':' (a zoo name; the module of an import path)
+    args: Mapping[str, Any] = field(default_factory=dict)  # the spec's own arguments
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # a zoo name's registered arguments
+    zoo: bool = False
+    factory: tuple[str, str] | None = None  # (module, attribute) of an import path
+    has_args: bool = False  # whether the text has a non-blank argument part
+
+    def arguments(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What the factory is called with: defaults, then the spec's arguments, then ``overrides``."""
+        return {**self.defaults, **self.args, **(overrides or {})}
+
+    def given(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The arguments a user chose (the spec's and ``overrides``), without the registered defaults."""
+        return {**self.args, **(overrides or {})}
+
+    def with_kwargs(self, kwargs: dict[str, Any]) -> str:
+        """The text with ``kwargs`` appended (see :func:`with_kwargs`): the spec to type instead."""
+        return _append(self.text, self.has_args, kwargs)
+
+
+def parse_model_spec(text: str, defaults_of: Callable[[str], Mapping[str, Any] | None]) -> ModelSpec:
+    """``text`` parsed once. ``defaults_of(name)`` is a zoo name's registered arguments, None for a name not in
+    the zoo: a zoo name wins over an import path of the same spelling. An unknown name's arguments are not
+    read, so that the error about the name comes first."""
+    name, rest = split_spec(text)
+    what = f"model spec {text!r}"
+    defaults = defaults_of(name)
+    if defaults is not None:
+        return ModelSpec(text, name, parse_kwargs(rest, what), dict(defaults), True, None, bool(rest.strip()))
+    path = split_import_path(text)
+    if path is None:
+        return ModelSpec(text, name)
+    module, attr, args = path
+    return ModelSpec(text, name, parse_kwargs(args, what), {}, False, (module, attr), bool(args.strip()))

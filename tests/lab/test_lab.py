@@ -16,7 +16,10 @@ from rich.console import Console
 
 from atrous.cli import main
 from atrous.errors import AtrousError
-from atrous.lab import convergence, registration, runner
+from atrous.lab import common, compare, convergence, registration, runner
+from atrous.lab.design import Model, Regime
+from atrous.lab.presets import get_preset
+from atrous.lab.report import markdown
 from atrous.lab.runner import run_lab
 from atrous.lab.stats import NOT_CONVERGED
 
@@ -95,15 +98,18 @@ def test_lab_options_errors(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
 
 def test_every_comparison_states_prediction_measurement_and_agreement(two_runs: tuple[Path, Path]) -> None:
     results = json.loads((two_runs[0] / "results.json").read_text())
+    md = (two_runs[0] / "report.md").read_text()
     for ex in ("ex2", "ex3"):
         assert set(results[ex]["regimes"]) == {"a", "b"}
         for regime in results[ex]["regimes"].values():
             assert regime["regime"]["needed_rf"] == 2 * regime["regime"]["small"] + 1
             for c in regime["comparisons"]:
                 assert c["prediction"] in ("better", "worse", "tie") and c["because"]
+                check_agreement(c, regime["models"])
                 # Tiny's 12-step runs cannot converge: every verdict must say so rather than agree or disagree.
                 assert c["agreement"] == NOT_CONVERGED and c["judgement"]["healthy"] is False
                 assert c["measurement"]["verdict"] == "inconclusive (one seed)"  # tiny runs one seed
+        check_section_of_report(md, ex, results[ex])
     for size in results["ex4"]["by_size"].values():
         assert size["needed_rf"] > 0 and isinstance(size["covering"], list)
     (task,) = results["ex5"].values()
@@ -111,8 +117,132 @@ def test_every_comparison_states_prediction_measurement_and_agreement(two_runs: 
     # Two epochs are below the rule's minimum: no tiny run may count as converged.
     health = results["meta"]["health"]
     assert sum(health.values()) == 23 and set(health) <= {convergence.IMPROVING, convergence.TRIVIAL}
-    md = (two_runs[0] / "report.md").read_text()
-    assert md.index("registered before training:") < md.index("prediction, measurement, agreement")
+    # Every figure the lab wrote is in the report, and nothing the report shows is missing.
+    assert set(re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)) == {f.name for f in two_runs[0].glob("*.png")}
+
+
+def check_agreement(c: dict, models: dict) -> None:
+    """One comparison of results.json against the rules of VERDICT_RULES, re-derived here from the recorded
+    health, prediction and tests (not through ``stats``), so that a lab that records one thing and concludes
+    another fails."""
+    j = c["judgement"]
+    assert (j["predicted"], j["agreement"], j["comparison"]) == (
+        c["prediction"],
+        c["agreement"],
+        c["measurement"],
+    )
+    runs = models[c["a"]]["health"] + models[c["b"]]["health"]
+    assert j["healthy"] == all(h in convergence.HEALTHY for h in runs)
+    m, eq = c["measurement"], j["equivalence"]
+    significant = m["outcome"] in ("better", "worse")
+    if significant:  # the outcome follows the test it names
+        assert m["p"] < 0.05 and (m["outcome"] == "better") == (m["diff"]["mean"] > 0)
+    if eq["outcome"] == "equivalent":
+        assert -eq["margin"] < eq["ci"][0] <= eq["ci"][1] < eq["margin"]
+    if not j["healthy"]:
+        expected = NOT_CONVERGED
+    elif c["prediction"] == "tie":
+        large = significant and abs(m["diff"]["mean"]) >= eq["margin"]
+        expected = "agrees" if eq["outcome"] == "equivalent" else "disagrees" if large else "undetermined"
+    elif significant:
+        expected = "agrees" if m["outcome"] == c["prediction"] else "disagrees"
+    else:
+        expected = "undetermined"
+    assert c["agreement"] == expected, c
+
+
+def table_after(md: str, caption: str, start: int) -> tuple[int, list[list[str]]]:
+    """(end offset, body rows) of the first table whose caption starts with ``caption`` after ``start``."""
+    at = md.index(f"*{caption}", start)
+    lines = md[at:].split("\n\n", 2)[1].splitlines()[2:]  # caption, blank line, header, rule, rows
+    return at + len(caption), [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def check_section_of_report(md: str, key: str, section: dict) -> None:
+    """report.md shows, for each regime in order, the registered predictions, the measurements, then the
+    verdicts, with the same predictions and agreements as results.json, and the curves figure of that regime
+    captioned with that regime."""
+    start = md.index(f"Rerun alone: `atrous lab --only {key} ")
+    end = md.find("Rerun alone:", start + 1)
+    end = len(md) if end < 0 else end
+    at = start
+    for regime_key, regime in section["regimes"].items():
+        title = f"Regime ({regime_key})"
+        comparisons = regime["comparisons"]
+        at, registered = table_after(md, f"{title}, {regime['regime']['title']}: `", at)
+        assert [(r[0].split(" vs ")[0], r[3]) for r in registered] == [
+            (c["a"], c["prediction"]) for c in comparisons
+        ]
+        at, measured = table_after(md, f"{title}: measured", at)
+        assert {r[0] for r in measured} == set(regime["models"])
+        at, verdicts = table_after(md, f"{title}: prediction, measurement, agreement", at)
+        assert [(r[1], r[5]) for r in verdicts] == [(c["prediction"], c["agreement"]) for c in comparisons]
+        assert at < end
+    for regime_key, regime in section["regimes"].items():
+        caption = f"Regime ({regime_key}), {regime['regime']['title']}: learning curves"
+        assert f"![{caption}]({key}_regime_{regime_key}_curves.png)" in md[start:end]
+
+
+# Runs over three seeds, one comparison per rule of VERDICT_RULES: tiny's runs never converge, so only these
+# reach the lab's agrees / disagrees / undetermined. Per case: the prediction, the metric compared, a's and b's
+# per-seed values of it, whether every run converged, and the agreement the rules give. The cases are not
+# symmetric in a and b, so a lab that compared b - a would fail them.
+VERDICT_CASES = {
+    "better, clearly better": ("better", "miou", [0.80, 0.82, 0.81], [0.60, 0.61, 0.63], True, "agrees"),
+    "better, clearly worse": ("better", "miou", [0.50, 0.52, 0.51], [0.70, 0.71, 0.73], True, "disagrees"),
+    "worse, noisy": ("worse", "miou", [0.70, 0.50, 0.62], [0.60, 0.61, 0.60], True, "undetermined"),
+    "tie, equivalent": ("tie", "miou", [0.700, 0.701, 0.699], [0.700, 0.700, 0.700], True, "agrees"),
+    "tie, far apart": ("tie", "miou", [0.90, 0.91, 0.92], [0.70, 0.70, 0.71], True, "disagrees"),
+    "tie, too noisy": ("tie", "miou", [0.73, 0.66, 0.76], [0.70, 0.70, 0.70], True, "undetermined"),
+    "better, not converged": ("better", "miou", [0.80, 0.82, 0.81], [0.60, 0.61, 0.63], False, NOT_CONVERGED),
+    # Small-object IoU says worse while mIoU (below) says better: the verdict must read the metric named.
+    "small objects": ("better", "iou:1", [0.50, 0.52, 0.51], [0.90, 0.90, 0.90], True, "disagrees"),
+}
+OTHER_METRIC = ([0.90, 0.91, 0.90], [0.50, 0.50, 0.51])  # a's and b's values of the metric not compared
+
+
+def test_agreements_follow_the_rules_on_converged_runs(tmp_path: Path) -> None:
+    """``compare.section`` on stand-in results: each comparison's agreement is the one its case gives, agrees
+    with the rules re-derived from what results.json records, and the report's tables say the same."""
+    p, seeds = get_preset("tiny"), [0, 1, 2]
+    regime = Regime("a", "stand-in", small=3, large=7, size=24, n=48)
+    contests, results, registered = [], {}, []
+
+    def model(label: str, miou: list[float], small_iou: list[float], healthy: bool) -> Model:
+        m = Model(label, f"stand-in:{label}", 9, 0, 100, 1e6, 1)  # the spec only keys its results
+        for i, s in enumerate(seeds):
+            results[common.job(p, m.spec, regime.data, s, "").key] = {
+                "job": {"seed": s, "data": regime.data},
+                "health": convergence.CONVERGED if healthy or i else convergence.TRIVIAL,
+                "steps": 10,
+                "final": {"miou": miou[i], "iou": [0.9, small_iou[i], 0.9]},
+                "history": [{"train_loss": 1.0, "val": {"miou": miou[i]}}],
+            }
+        return m
+
+    for name, (predicted, metric, a, b, healthy, _) in VERDICT_CASES.items():
+        (miou_a, miou_b), (small_a, small_b) = (
+            ((a, b), OTHER_METRIC) if metric == "miou" else (OTHER_METRIC, (a, b))
+        )
+        contest = compare.Contest(
+            model(f"{name} a", miou_a, small_a, healthy),
+            model(f"{name} b", miou_b, small_b, True),
+            "rf",
+            metric,
+        )
+        contests.append(contest)
+        registered.append(
+            {"name": contest.name, "cost_matched": True, "prediction": predicted, "because": "-"}
+        )
+    plan = [(regime, contests)]
+    section = compare.section(
+        "ex2", "-", p, plan, seeds, results, tmp_path, {"regimes": {"a": {"comparisons": registered}}}
+    )
+    out = section.results["regimes"]["a"]
+    assert [c["agreement"] for c in out["comparisons"]] == [case[-1] for case in VERDICT_CASES.values()]
+    for c in out["comparisons"]:
+        check_agreement(c, out["models"])
+    check_section_of_report(markdown([section], ""), "ex2", section.results)
 
 
 def test_without_a_terminal_the_lab_prints_a_line_per_run(tmp_path: Path) -> None:

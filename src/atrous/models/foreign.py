@@ -16,9 +16,9 @@ from torch import nn
 
 from atrous.errors import ModelError, one_line
 from atrous.models.base import Segmenter, resize_to
-from atrous.models.registry import factory_parameters, resolve_model
+from atrous.models.registry import factory_parameters, model_spec, resolve_model
 from atrous.rf.outputs import named_outputs
-from atrous.spec import parse_kwargs, split_import_path
+from atrous.spec import ModelSpec
 
 CLASS_ARGUMENTS = ("num_classes", "classes")  # torchvision and timm, segmentation_models_pytorch
 CHANNEL_ARGUMENTS = ("in_channels", "in_chans")  # segmentation_models_pytorch, timm
@@ -52,14 +52,16 @@ class ForeignSegmenter(Segmenter):
         return self.forward_aux(x)[0]
 
 
-def data_arguments(spec: str, kwargs: dict[str, Any], num_classes: int, in_channels: int) -> dict[str, Any]:
+def data_arguments(
+    spec: str | ModelSpec, kwargs: dict[str, Any], num_classes: int, in_channels: int
+) -> dict[str, Any]:
     """``kwargs`` plus the data's class count and channels, through the arguments the factory declares for
     them, where neither the spec nor ``kwargs`` sets one."""
-    path = split_import_path(spec)
-    if path is None:  # not an import path: resolve_model says so
+    s = model_spec(spec)
+    if s.factory is None:  # not an import path: resolve_model says so
         return dict(kwargs)
-    given = {**parse_kwargs(path[2], f"model spec {spec!r}"), **kwargs}
-    params = factory_parameters(spec) or {}
+    given = s.given(kwargs)
+    params = factory_parameters(s) or {}
     out = dict(kwargs)
     for names, value in ((CLASS_ARGUMENTS, num_classes), (CHANNEL_ARGUMENTS, in_channels)):
         if not any(n in given for n in names):
@@ -70,11 +72,12 @@ def data_arguments(spec: str, kwargs: dict[str, Any], num_classes: int, in_chann
 
 
 def build_foreign(
-    spec: str, kwargs: dict[str, Any], in_channels: int, side: int = PROBE_SIDE
+    spec: str | ModelSpec, kwargs: dict[str, Any], in_channels: int, side: int = PROBE_SIDE
 ) -> ForeignSegmenter:
     """The factory's model, wrapped; one probe forward (eval mode, batch 2, ``side`` x ``side``) finds its
     class count and turns a model that cannot take the data into one line."""
-    model = resolve_model(spec, **kwargs)
+    s = model_spec(spec)
+    model = resolve_model(s, **kwargs)
     was_training = model.training
     model.eval()
     try:
@@ -84,13 +87,13 @@ def build_foreign(
         raise
     except Exception as exc:
         raise ModelError(
-            f"{spec!r} cannot take a ({in_channels}, {side}, {side}) input: {one_line(exc)}; give "
+            f"{s.text!r} cannot take a ({in_channels}, {side}, {side}) input: {one_line(exc)}; give "
             "the factory the data's input channels (e.g. in_channels=...) or use data it accepts"
         ) from exc
     model.train(was_training)
     if main.dim() != 4:
         raise ModelError(
-            f"{spec!r} returns logits of shape {tuple(main.shape)}; atrous trains (N, classes, H, W) outputs"
+            f"{s.text!r} returns logits of shape {tuple(main.shape)}; atrous trains (N, classes, H, W) outputs"
         )
     return ForeignSegmenter(model, in_channels, int(main.shape[1]))
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from atrous.errors import AtrousError, ModelError, did_you_mean, one_line
-from atrous.spec import parse_kwargs, split_import_path, split_spec, with_kwargs
+from atrous.spec import ModelSpec, parse_model_spec
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,14 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
+def model_spec(spec: str | ModelSpec) -> ModelSpec:
+    """``spec`` parsed against the registry; a :class:`ModelSpec` is returned as it is, so the functions below
+    take either and a spec parsed at the edge is never parsed again."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    return parse_model_spec(spec, lambda name: _REGISTRY[name].defaults if name in _REGISTRY else None)
+
+
 def _wants_sequence(annotation: Any) -> bool:
     text = annotation if isinstance(annotation, str) else str(annotation)
     return any(word in text for word in ("Sequence", "tuple", "list"))
@@ -106,12 +114,12 @@ def _coerce(factory: Callable, name: str, kwargs: dict[str, Any]) -> dict[str, A
     return out
 
 
-def create_model(spec: str, **kwargs: Any) -> nn.Module:
+def create_model(spec: str | ModelSpec, **kwargs: Any) -> nn.Module:
     """Build a zoo model from ``"name"`` or ``"name:key=value,..."``; keyword arguments override the spec."""
-    name, rest = split_spec(spec)
-    info = model_info(name)
-    merged = {**info.defaults, **parse_kwargs(rest, f"model spec {spec!r}"), **kwargs}
-    merged = _coerce(info.factory, name, merged)
+    s = model_spec(spec)
+    name = s.name
+    info = model_info(name)  # not a zoo name: refused here, by name
+    merged = _coerce(info.factory, name, s.arguments(kwargs))
     try:
         return info.factory(**merged)
     except ModelError:
@@ -146,7 +154,7 @@ def download_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _weights_fix(factory: Callable, spec: str, kwargs: dict[str, Any]) -> str:
+def _weights_fix(factory: Callable, spec: ModelSpec, kwargs: dict[str, Any]) -> str:
     """The arguments that would stop the download, spelled as the spec to type instead."""
     params = _parameters(factory) or {}
     names = [n for n in WEIGHT_ARGUMENTS if n in params and kwargs.get(n, "") is not None]
@@ -155,11 +163,13 @@ def _weights_fix(factory: Callable, spec: str, kwargs: dict[str, Any]) -> str:
             "pass its weights argument as None (torchvision: weights=None, weights_backbone=None; "
             "segmentation_models_pytorch: encoder_weights=None)"
         )
-    fixed = with_kwargs(spec, dict.fromkeys(names))
+    fixed = spec.with_kwargs(dict.fromkeys(names))
     return f"pass {', '.join(f'{n}=None' for n in names)}, e.g. {fixed!r}"
 
 
-def _factory_failure(factory: Callable, spec: str, name: str, kwargs: dict[str, Any], exc: Exception) -> str:
+def _factory_failure(
+    factory: Callable, spec: ModelSpec, name: str, kwargs: dict[str, Any], exc: Exception
+) -> str:
     called = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     cause = download_failure(exc)
     if cause is None:
@@ -187,35 +197,30 @@ def _import_target(module_name: str, attr: str, spec: str) -> Any:
     return target
 
 
-def in_zoo(spec: str) -> bool:
-    return split_spec(spec)[0] in _REGISTRY
-
-
-def factory_parameters(spec: str) -> dict[str, inspect.Parameter] | None:
+def factory_parameters(spec: str | ModelSpec) -> dict[str, inspect.Parameter] | None:
     """The parameters of an import path's factory (None where its signature cannot be read)."""
-    path = split_import_path(spec)
-    if path is None:
+    s = model_spec(spec)
+    if s.factory is None:
         return None
-    return _parameters(_import_target(path[0], path[1], spec))
+    return _parameters(_import_target(*s.factory, s.text))
 
 
-def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
+def resolve_model(spec: str | ModelSpec, **kwargs: Any) -> nn.Module:
     """A zoo spec, or ``package.module:factory[:key=value,...]`` (a callable returning an ``nn.Module``, the
     class, or a module instance); ``kwargs`` override the spec's arguments. A factory that raises becomes one
     ``ModelError`` line naming it, the exception, and the arguments that stop a download when it tried one."""
-    if in_zoo(spec):
-        return create_model(spec, **kwargs)
-    name = split_spec(spec)[0]
-    path = split_import_path(spec)
-    if path is None:
+    s = model_spec(spec)
+    if s.zoo:
+        return create_model(s, **kwargs)
+    if s.factory is None:
         raise ModelError(
-            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}: give a zoo name (`atrous models`) "
+            f"unknown model {s.name!r}{did_you_mean(s.name, _REGISTRY)}: give a zoo name (`atrous models`) "
             "or an import path package.module:factory[:key=value,...]"
         )
-    module_name, attr, rest = path
-    target = _import_target(module_name, attr, spec)
+    module_name, attr = s.factory
+    target = _import_target(module_name, attr, s.text)
     factory_name = f"{module_name}:{attr}"
-    merged = {**parse_kwargs(rest, f"model spec {spec!r}"), **kwargs}
+    merged = s.arguments(kwargs)
     if isinstance(target, nn.Module):
         if merged:
             raise ModelError(
@@ -233,7 +238,7 @@ def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
     except AtrousError:
         raise
     except Exception as exc:  # the user's factory: its failure is the user's to fix, said in one line
-        raise ModelError(_factory_failure(target, spec, factory_name, merged, exc)) from exc
+        raise ModelError(_factory_failure(target, s, factory_name, merged, exc)) from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"{factory_name} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from atrous.data.files import IMAGE_SUFFIXES, load_image
 from atrous.data.transforms import normalize
 from atrous.errors import AtrousError
 from atrous.models.foreign import build_foreign
-from atrous.models.registry import create_model, in_zoo
+from atrous.models.registry import create_model, model_spec
 from atrous.train import checkpoint as ckpt
 from atrous.train.predict import PNG_LIMIT, TIFF_SUFFIXES, predict
 from atrous.train.tiling import plan_tiles, tiled_logits
@@ -38,10 +37,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     cdir = checkpoint_dir(path)
     meta = ckpt.verify(cdir)
     kwargs = meta.get("model_kwargs", {})
-    if in_zoo(meta["model"]):
-        model = create_model(meta["model"], **kwargs)
+    spec = model_spec(meta["model"])
+    if spec.zoo:
+        model = create_model(spec, **kwargs)
     else:  # an import path: the factory must be importable here, as it was where the run trained
-        model = build_foreign(meta["model"], kwargs, meta.get("in_channels", 3))
+        model = build_foreign(spec, kwargs, meta.get("in_channels", 3))
     ckpt.load_into(model, cdir)
     model.atrous_meta = meta
     return model.to(device).eval()
@@ -192,7 +192,3 @@ def export_onnx(
         "torch_device": str(device),
         "onnxruntime_provider": session.get_providers()[0],
     }
-
-
-def write_json(data: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -14,8 +14,8 @@ import torch
 from atrous.data import build_dataset
 from atrous.errors import ModelError, one_line, option
 from atrous.models.foreign import batch_of_one_failure, build_foreign, data_arguments
-from atrous.models.registry import create_model, in_zoo
-from atrous.spec import parse_kwargs, split_spec
+from atrous.models.registry import create_model, model_spec
+from atrous.spec import ModelSpec, parse_kwargs, split_spec
 from atrous.train.config import ConfigError, TrainConfig
 
 
@@ -42,12 +42,11 @@ def classes_fit(outputs: int, classes: int) -> bool:
 
 
 def resolve_model_kwargs(
-    cfg: TrainConfig, num_classes: int, in_channels: int, probe: torch.nn.Module
+    cfg: TrainConfig, spec: ModelSpec, num_classes: int, in_channels: int, probe: torch.nn.Module
 ) -> dict[str, Any]:
     """Fill in num_classes / in_channels from the data where the spec leaves them; refuse a mismatch.
-    ``probe`` is the model as the spec alone builds it."""
-    _, rest = split_spec(cfg.model)
-    given = {**parse_kwargs(rest, f"model spec {cfg.model!r}"), **cfg.model_kwargs}
+    ``spec`` is ``cfg.model`` parsed; ``probe`` is the model as the spec alone builds it."""
+    given = spec.given(cfg.model_kwargs)
     kwargs = dict(cfg.model_kwargs)
     if probe.in_channels != in_channels:
         if "in_channels" in given:
@@ -169,28 +168,29 @@ def load_datasets(cfg: TrainConfig):
 def build_model(cfg: TrainConfig, train_set) -> tuple[torch.nn.Module, TrainConfig]:
     """The model, seeded so its initial weights are a function of the seed, and the config with the model
     arguments the data implied (a new config: the caller's is left as it was). Built once; rebuilt, reseeded,
-    only when the data changes its class count or input channels."""
+    only when the data changes its class count or input channels. The model spec is parsed here, once."""
+    spec = model_spec(cfg.model)
     torch.manual_seed(cfg.seed)
-    if not in_zoo(cfg.model):
-        return build_foreign_model(cfg, train_set)
-    model = create_model(cfg.model, **cfg.model_kwargs)
+    if not spec.zoo:
+        return build_foreign_model(cfg, spec, train_set)
+    model = create_model(spec, **cfg.model_kwargs)
     if cfg.model_kwargs:
         return model, cfg
-    kwargs = resolve_model_kwargs(cfg, train_set.num_classes, train_set.in_channels, model)
+    kwargs = resolve_model_kwargs(cfg, spec, train_set.num_classes, train_set.in_channels, model)
     if not kwargs:
         return model, cfg
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.model, **kwargs), replace(cfg, model_kwargs=kwargs)
+    return create_model(spec, **kwargs), replace(cfg, model_kwargs=kwargs)
 
 
-def build_foreign_model(cfg: TrainConfig, train_set) -> tuple[torch.nn.Module, TrainConfig]:
+def build_foreign_model(cfg: TrainConfig, spec: ModelSpec, train_set) -> tuple[torch.nn.Module, TrainConfig]:
     """An import-path model: the data's class count and channels go through the factory's own arguments (the
     config records them, so ``atrous.load`` rebuilds the same model); a class count that still differs from the
     data's is refused."""
     n = train_set.num_classes
-    kwargs = data_arguments(cfg.model, cfg.model_kwargs, n, train_set.in_channels)
+    kwargs = data_arguments(spec, cfg.model_kwargs, n, train_set.in_channels)
     side = min(train_set[0][0].shape[-2:])
-    model = build_foreign(cfg.model, kwargs, train_set.in_channels, side)
+    model = build_foreign(spec, kwargs, train_set.in_channels, side)
     if not classes_fit(model.num_classes, n):
         raise ModelError(
             f"model {cfg.model!r} predicts {model.num_classes} classes but the data has {n}; give its factory "

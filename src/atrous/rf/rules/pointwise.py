@@ -80,6 +80,9 @@ def _subset_rule(loc: Loc | Split, richer: Loc | Split) -> AxisRule:
 
 
 POINTWISE_EXTRA = {
+    # leaky_relu carries torch.Tag.pointwise only from torch 2.13 on; the floor (2.11) needs it named here
+    "aten.leaky_relu",
+    "aten.leaky_relu_",
     "aten._prelu_kernel",
     "aten.hardswish",
     "aten.hardswish_",
