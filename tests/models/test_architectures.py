@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import warnings
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 import atrous
 from atrous.errors import InputShapeError, ModelError
@@ -55,6 +60,92 @@ def test_torchvision_outputs_match_when_installed(tmp_path: Path) -> None:
         out, aux = ours.forward_aux(x)
     torch.testing.assert_close(out, ref["out"])
     torch.testing.assert_close(aux, ref["aux"])
+
+
+# torchvision parity without torchvision (no CPU build of it fits the pinned torch): the reference file holds
+# torchvision 0.29.1's state_dict names and shapes and its outputs with every tensor filled by a rule of its name
+# and shape; scripts/make_torchvision_reference.py wrote it and holds the rule, the input and the model table.
+ROOT = Path(__file__).resolve().parents[2]
+# Relative to the output's largest |logit|, and for each value. The reference is reproduced to 0.0 here (torch
+# 2.13 vs 2.14.1), and float32 itself is within 2e-6 of float64: 50x headroom for another CPU's kernels. Real
+# errors are far above: BatchNorm eps 1e-3 instead of 1e-5 in the one norm of the ASPP's pooling branch moves
+# the logits by 1.5e-3, the ASPP's rate 36 as 35 by 1e-3, align_corners=True by 5e-2.
+PARITY_TOL = 1e-4
+
+
+PARITY_MODELS = ["resnet18", "resnet34", "resnet50", "resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101"]
+
+
+@cache
+def torchvision_reference() -> tuple[ModuleType, dict[str, torch.Tensor], dict[str, dict]]:
+    """(the script as a module, the reference tensors, per-model metadata)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_torchvision_reference", ROOT / "scripts" / "make_torchvision_reference.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with safe_open(str(script.OUT), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+        models = json.loads(f.metadata()["models"])
+    # The file, the script's table and this test's list name the same models: none is left unchecked.
+    assert sorted(models) == sorted(script.MODELS) == sorted(PARITY_MODELS)
+    return script, tensors, models
+
+
+def parity_outputs(script: ModuleType, name: str, out: torch.Tensor | dict[str, torch.Tensor]) -> dict:
+    """What the reference records of a model's outputs: all logits of a classifier; per-class statistics and a
+    strided sample of a segmenter's ``out`` and ``aux``."""
+    if not isinstance(out, dict):
+        return {f"{name}/logits": out}
+    return {
+        k: v
+        for key, logits in out.items()
+        for k, v in script.segmenter_record(f"{name}/{key}", logits).items()
+    }
+
+
+def assert_matches_reference(
+    got: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], name: str
+) -> None:
+    expected = {k: v for k, v in reference.items() if k.startswith(f"{name}/")}
+    assert sorted(got) == sorted(expected)
+    for key, ref in expected.items():
+        output = key if key.endswith("/logits") else key.rsplit("/", 1)[0]  # e.g. deeplabv3_resnet50/aux
+        scale = max(
+            v.abs().max().item() for k, v in expected.items() if k == output or k.startswith(f"{output}/")
+        )
+        torch.testing.assert_close(
+            got[key], ref, rtol=PARITY_TOL, atol=PARITY_TOL * scale, msg=lambda m, key=key: f"{key}: {m}"
+        )
+
+
+@pytest.mark.parametrize("name", PARITY_MODELS)
+def test_outputs_match_the_torchvision_reference(name: str) -> None:
+    script, reference, models = torchvision_reference()
+    _, _, ours, kwargs, shape = script.MODELS[name]
+    model = atrous.create_model(ours, **kwargs).eval()
+    # Names, shapes and dtypes exactly as torchvision's: a state_dict saved from torchvision loads strictly.
+    assert {k: (s, d) for k, s, d in script.entries(model)} == {
+        k: (s, d) for k, s, d in models[name]["state_dict"]
+    }
+    # The same values as torchvision had: else a difference below would be the fill rule's, not the model's.
+    assert script.fill_(model) == pytest.approx(models[name]["fill_checksum"], rel=1e-12)
+    x = script.make_input(shape)
+    with torch.no_grad():
+        out = dict(zip(("out", "aux"), model.forward_aux(x))) if kwargs.get("aux_loss") else model(x)
+    assert_matches_reference(parity_outputs(script, name, out), reference, name)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "deeplabv3_resnet50"])
+def test_the_torchvision_reference_is_what_torchvision_computes_when_installed(name: str) -> None:
+    pytest.importorskip("torchvision")
+    script, reference, models = torchvision_reference()
+    theirs = script.build_torchvision(name).eval()
+    assert script.entries(theirs) == models[name]["state_dict"]
+    assert script.fill_(theirs) == pytest.approx(models[name]["fill_checksum"], rel=1e-12)
+    with torch.no_grad():
+        out = theirs(script.make_input(script.MODELS[name][4]))
+    assert_matches_reference(parity_outputs(script, name, out), reference, name)
 
 
 def test_weights_round_trip_strictly_and_refuse_a_mismatch(tmp_path: Path) -> None:
