@@ -65,6 +65,8 @@ $(ZOO_STAMP): pyproject.toml Makefile
 
 test-zoo: $(ZOO_STAMP)
 	$(ZOO_BIN)/python -m pytest tests/zoo $(ZOO_ARGS)
+	# the live torchvision checks (make test checks the committed reference they guard)
+	$(ZOO_BIN)/python -m pytest tests/models/test_architectures.py -k torchvision -q
 
 bench: $(STAMP)
 	$(BIN)/atrous bench

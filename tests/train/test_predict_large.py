@@ -14,7 +14,7 @@ import atrous
 from atrous.cli import main
 from atrous.data.preview import to_rgb
 from atrous.train.checkpoint import save_checkpoint
-from atrous.train.predict import PredictError, TiffRows
+from atrous.train.predict import PredictError, TiffReader
 
 SPEC = "unet:width=4,depth=2"
 GEO = [
@@ -67,15 +67,44 @@ def test_to_rgb_on_an_image_larger_than_torch_quantile_takes() -> None:
     assert abs(int(out[1500, 0, 0]) - 127) <= 1  # the middle row starts half-way up the ramp
 
 
-@pytest.mark.parametrize("layout", [{"tile": (32, 48)}, {"rowsperstrip": 7}, {}])
-def test_tiff_rows_are_read_lazily_and_exactly(tmp_path: Path, layout: dict) -> None:
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"tile": (32, 48), "compression": "zlib"},
+        {"rowsperstrip": 7, "compression": "zlib"},
+        {"rowsperstrip": 7},  # uncompressed strips: read row by row, the requested columns only
+        {"compression": "zlib"},
+        {"tile": (32, 48), "byteorder": ">"},
+    ],
+)
+def test_tiff_regions_are_read_lazily_and_exactly(tmp_path: Path, layout: dict) -> None:
     pixels = rgb(101, 133)
     path = tmp_path / "in.tif"
-    tifffile.imwrite(path, pixels, compression="zlib", **layout)
-    rows = TiffRows(path)
-    assert rows.shape == (101, 133, 3)
+    tifffile.imwrite(path, pixels, **layout)
+    reader = TiffReader(path)
+    assert reader.shape == (101, 133, 3)
     for y0, y1 in ((0, 1), (5, 40), (31, 33), (90, 101)):
-        np.testing.assert_array_equal(rows[y0:y1], pixels[y0:y1])
+        np.testing.assert_array_equal(reader[y0:y1], pixels[y0:y1])
+        for x0, x1 in ((0, 133), (3, 50), (47, 49), (120, 133)):
+            np.testing.assert_array_equal(reader[y0:y1, x0:x1], pixels[y0:y1, x0:x1])
+
+
+def test_a_tiled_tiff_holds_the_segments_of_one_request_whatever_its_width(tmp_path: Path) -> None:
+    """Requests in row-major order of tiles: segments above or left of the request are dropped, so what is
+    held is the request's own segments (up to 4 x 3 tiles of 32 x 48 here) and, at the start of a row, those
+    the previous row's last request left below it: never a row of the image (63 tiles wide)."""
+    pixels = rgb(200, 3000)
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, pixels, tile=(32, 48), compression="zlib")
+    reader = TiffReader(path)
+    held = []
+    for y0 in (0, 60, 120):
+        for x0 in range(0, 3000 - 80, 70):
+            np.testing.assert_array_equal(
+                reader[y0 : y0 + 80, x0 : x0 + 80], pixels[y0 : y0 + 80, x0 : x0 + 80]
+            )
+            held.append(reader.held_bytes())
+    assert max(held) <= 2 * 4 * 3 * 32 * 48 * 3  # two requests of 4 x 3 segments
 
 
 def test_tiff_in_tiff_out_equals_whole_image_with_geotags_and_probabilities(tmp_path: Path) -> None:
@@ -209,3 +238,44 @@ def test_the_progress_bar_counts_tiles_and_pixels(capsys: pytest.CaptureFixture)
     err = capsys.readouterr().err
     tiles = result.plan.count(90, 130)
     assert f"{tiles}/{tiles}" in err and "Mpx/s" in err
+
+
+def test_peak_memory_does_not_grow_with_the_image_width(tmp_path: Path) -> None:
+    """512 x 512 and 512 x 4096 tiled TIFFs through predict to a tiled TIFF mask: the peak of traced (numpy
+    and Python) memory is the same. Holding one row of anything scaling with the width would show: one row of
+    input segments (64 x 4096 x 3) is 786 KB, one row of mask cores (96 x 4096) 393 KB."""
+    import tracemalloc
+
+    model = small_model()
+    peaks = {}
+    for w in (512, 512, 4096):  # the first run imports and warms up
+        src = tmp_path / f"in_{w}.tif"
+        tifffile.imwrite(src, rgb(512, w), tile=(64, 64), compression="zlib")
+        tracemalloc.start()
+        try:
+            result = atrous.predict(
+                model, src, tmp_path / f"out_{w}.tif", tile=144, preview=False, overwrite=True
+            )
+            peaks[w] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert result.plan.core == (96, 96)
+    assert abs(peaks[4096] - peaks[512]) < 128 * 1024, peaks
+    with tifffile.TiffFile(tmp_path / "out_4096.tif") as tif:
+        assert (tif.pages.first.tilelength, tif.pages.first.tilewidth) == (96, 96)  # one core, one TIFF tile
+
+
+@pytest.mark.parametrize("tile,tiff_tile", [(80, (32, 32)), (72, (256, 256))])
+def test_cores_are_the_mask_tiff_tiles_when_they_can_be(tmp_path: Path, tile: int, tiff_tile: tuple) -> None:
+    """Cores a multiple of 16 px (tile 80 - 2 x 24) are written as the TIFF's tiles, one by one; others
+    (72 - 48 = 24) are re-cut into 256-px tiles through bands of rows. Both give the whole-image mask."""
+    model = small_model(2)
+    pixels = rgb(150, 211, seed=4)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, pixels, tile=(32, 32))
+    result = atrous.predict(model, src, tmp_path / "m.tif", tile=tile, probabilities=True)
+    np.testing.assert_array_equal(tifffile.imread(result.mask), whole_image_mask(model, pixels))
+    for path in (result.mask, result.probabilities):
+        with tifffile.TiffFile(path) as tif:
+            assert (tif.pages.first.tilelength, tif.pages.first.tilewidth) == tiff_tile
+    assert tifffile.imread(result.probabilities).shape == (150, 211, 3)

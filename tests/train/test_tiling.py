@@ -195,3 +195,6 @@ def test_axis_windows_cover_every_pixel_once_with_full_context(
         assert win.start == 0 or win.start <= win.core_start - before
         assert win.stop == n or win.stop >= win.core_stop + after
     assert len({w.stop - w.start for w in windows}) <= 2
+    if n > tile:  # the cores form a grid: a writer can stream each one as a tile of a tiled file
+        core = tile - before - after
+        assert [w.core_start for w in windows] == list(range(0, n, core))

@@ -1,10 +1,12 @@
 """Prediction on images of any size: ``atrous.predict`` and ``atrous predict``.
 
-Memory is bounded by the tiles in flight, not by the image: the input is read one band of rows at a time (TIFF
-and BigTIFF lazily, tile by tile or strip by strip; ``.npy`` memory-mapped; PNG and JPEG have no random access
-and are decoded whole), tiles are cut by :mod:`atrous.train.tiling` (exact by default), and the class mask is
-written band by band (a tiled, compressed TIFF for large images, a palette PNG for small ones). The overlay is
-a downscaled preview.
+Memory is bounded by the tiles in flight, not by the image: each tile's input is read on its own (TIFF and
+BigTIFF lazily, from the segments it touches; ``.npy`` memory-mapped; PNG and JPEG have no random access and are
+decoded whole), tiles are cut by :mod:`atrous.train.tiling` (exact by default; the kept cores form a regular
+grid), and each core of the class mask is written as it comes, as one tile of a tiled, compressed TIFF (a
+palette PNG for small images). Nothing of a row of tiles is held, except where the format forces it: compressed
+strips span the width, and cores that are not a multiple of 16 px are re-cut through bands of rows. The overlay
+is a downscaled preview.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class PredictError(AtrousError):
     """An image, an output path or an option predict cannot use."""
 
 
-# -- sources: the image, one band of rows at a time ------------------------------------------------------------
+# -- sources: the image, one region at a time ----------------------------------------------------------------
 
 
 @dataclass
@@ -55,6 +57,21 @@ class Source:
     geo_tags: list[tuple] = field(default_factory=list)
     lazy: bool = True
     tiff: bool = False
+    # fill(y0, y1, x0, x1, out): the region written into ``out`` (C, h, w) float, in one pass (no temporaries)
+    fill: Callable[[int, int, int, int, torch.Tensor], None] | None = None
+    prepared_channels: int | None = None  # C of the prepared input (what ``fill`` writes)
+
+    def fill_region(self, y0: int, y1: int, x0: int, x1: int, out: torch.Tensor) -> None:
+        assert self.fill is not None
+        try:
+            self.fill(y0, y1, x0, x1, out)
+        except AtrousError:
+            raise
+        except Exception as exc:
+            raise PredictError(
+                f"cannot read rows {y0}-{y1}, columns {x0}-{x1} of {self.name}: {exc} "
+                "(is the file truncated or corrupt?)"
+            ) from None
 
     def region(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         try:
@@ -68,14 +85,12 @@ class Source:
             ) from None
 
 
-def _prepare(pixels: np.ndarray, normalization: str | None, in_channels: int, name: str) -> torch.Tensor:
-    """(h, W[, S]) pixels -> (C, h, W) float the way training prepared images: integers scaled to [0, 1] by
-    their type's maximum, grey replicated and alpha dropped for an RGB model, ImageNet normalisation if the
-    checkpoint says so. Floats are taken as they are."""
-    a = pixels if pixels.ndim == 3 else pixels[:, :, None]
+def _channels(a: np.ndarray, in_channels: int, name: str) -> np.ndarray:
+    """(h, w[, S]) pixels -> (h, w, C): grey replicated and alpha dropped for an RGB model (views if it can)."""
+    a = a if a.ndim == 3 else a[:, :, None]
     if a.shape[2] != in_channels:
         if in_channels == 3 and a.shape[2] == 1:
-            a = np.repeat(a, 3, axis=2)
+            a = np.broadcast_to(a, (*a.shape[:2], 3))
         elif in_channels == 3 and a.shape[2] == 4:
             a = a[:, :, :3]
         else:
@@ -83,12 +98,32 @@ def _prepare(pixels: np.ndarray, normalization: str | None, in_channels: int, na
                 f"{name} has {a.shape[2]} channels; the model takes {in_channels} (convert the image, or use a "
                 f"model trained on {a.shape[2]}-channel input)"
             )
-    a = np.ascontiguousarray(a)
-    x = torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1)
+    return a
+
+
+def _prepare_into(
+    pixels: np.ndarray, normalization: str | None, in_channels: int, name: str, out: torch.Tensor
+) -> None:
+    """(h, w[, S]) pixels -> ``out`` (C, h, w) float the way training prepared images: integers scaled to
+    [0, 1] by their type's maximum, grey replicated and alpha dropped for an RGB model, ImageNet normalisation
+    if the checkpoint says so; floats taken as they are. One strided pass from the pixels into ``out``."""
+    a = _channels(pixels, in_channels, name)
+    if not a.flags.writeable:  # torch wants writeable memory (a memmap or a broadcast view is not)
+        a = np.array(a)
+    x = torch.from_numpy(a).permute(2, 0, 1)
     if np.issubdtype(a.dtype, np.integer):
-        x = x.float() / float(np.iinfo(a.dtype).max)
-        return normalize(x) if normalization == "imagenet" else x
-    return x.float()
+        torch.div(x, float(np.iinfo(a.dtype).max), out=out)
+        if normalization == "imagenet":
+            out.copy_(normalize(out))
+    else:
+        out.copy_(x)
+
+
+def _prepare(pixels: np.ndarray, normalization: str | None, in_channels: int, name: str) -> torch.Tensor:
+    a = _channels(pixels, in_channels, name)
+    out = torch.empty(a.shape[2], a.shape[0], a.shape[1])
+    _prepare_into(a, normalization, in_channels, name, out)
+    return out
 
 
 def array_source(
@@ -117,7 +152,13 @@ def array_source(
     def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         return _prepare(np.asarray(array[y0:y1, x0:x1]), normalization, in_channels, name)
 
-    return Source(name, h, w, channels, read)
+    def fill(y0: int, y1: int, x0: int, x1: int, out: torch.Tensor) -> None:
+        _prepare_into(np.asarray(array[y0:y1, x0:x1]), normalization, in_channels, name, out)
+
+    prepared = (
+        in_channels if channels != in_channels and in_channels == 3 and channels in (1, 4) else channels
+    )
+    return Source(name, h, w, channels, read, fill=fill, prepared_channels=prepared)
 
 
 def _npy_source(path: Path) -> Source:
@@ -137,8 +178,16 @@ def _npy_source(path: Path) -> Source:
     )
 
 
-class TiffRows:
-    """Rows of a TIFF page, decoded from the tiles or strips they touch only (no zarr needed)."""
+class TiffReader:
+    """Regions of a TIFF page, decoded from the tiles or strips they touch (no zarr needed).
+
+    Memory follows the request, not the image: decoded segments stay only while a later request in row-major
+    order can use them (those below the request's top and not left of its first column), so a tiled TIFF
+    holds about one tile's segments whatever its width. Segments a tile row shares with the next (the margin)
+    are decoded again rather than held for the whole width. Uncompressed strips are read row by row, only the
+    requested columns. Compressed strips span the width: those a request touches are decoded and held until it
+    moves below them (one tile row of the input: the format allows no less short of decoding strips again
+    for every tile)."""
 
     def __init__(self, path: Path) -> None:
         import tifffile
@@ -158,58 +207,91 @@ class TiffRows:
                 f"{path}: planar (one plane per channel) or volumetric TIFF is not supported; save it with "
                 "interleaved channels (tifffile: planarconfig='contig')"
             )
+        self.samples = page.samplesperpixel
         self.seg_h = page.tilelength if page.is_tiled else page.rowsperstrip or page.imagelength
         self.seg_w = page.tilewidth if page.is_tiled else page.imagewidth
         self.n_x = -(-page.imagewidth // self.seg_w)
-        self._cache: dict[int, np.ndarray] = {}
+        # Uncompressed strips of whole bytes: rows are at known offsets, read the requested columns only.
+        self.raw = (
+            not page.is_tiled
+            and page.compression == 1
+            and page.fillorder == 1
+            and page.bitspersample == 8 * self.dtype.itemsize
+            and all(page.databytecounts)
+        )
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
         self.geo_tags = [
             (t.code, int(t.dtype), t.count, t.value, True) for t in page.tags.values() if t.code in GEO_TAGS
         ]
 
-    def _segment_row(self, iy: int) -> np.ndarray:
-        """Rows ``[iy * seg_h, (iy + 1) * seg_h)`` of the page, decoded once while tiles need them."""
-        if iy in self._cache:
-            return self._cache[iy]
-        page, fh = self.page, self.tif.filehandle
-        top = iy * self.seg_h
-        out = np.zeros(
-            (min(self.seg_h, page.imagelength - top), page.imagewidth, page.samplesperpixel), self.dtype
-        )
-        for ix in range(self.n_x):
-            index = iy * self.n_x + ix
-            if page.databytecounts[index] == 0:
-                continue  # a sparse tile: zeros
-            fh.seek(page.dataoffsets[index])
-            data = fh.read(page.databytecounts[index])
-            if len(data) < page.databytecounts[index]:
-                raise PredictError(f"{self.path} is truncated: segment {index} ends past the end of the file")
+    def _read(self, offset: int, count: int, what: str) -> bytes:
+        fh = self.tif.filehandle
+        fh.seek(offset)
+        data = fh.read(count)
+        if len(data) < count:
+            raise PredictError(f"{self.path} is truncated: {what} ends past the end of the file")
+        return data
+
+    def _segment(self, iy: int, ix: int) -> np.ndarray:
+        """Segment (tile or strip) ``(iy, ix)``, (rows, cols, samples), decoded once while requests need it."""
+        key = (iy, ix)
+        if key in self._cache:
+            return self._cache[key]
+        page = self.page
+        index = iy * self.n_x + ix
+        if page.databytecounts[index] == 0:  # a sparse tile: zeros
+            seg = np.zeros((self.seg_h, self.seg_w, self.samples), self.dtype)
+        else:
+            data = self._read(page.dataoffsets[index], page.databytecounts[index], f"segment {index}")
             try:
                 seg, _, _ = page.decode(data, index)
             except Exception as exc:
                 raise PredictError(f"cannot decode segment {index} of {self.path}: {exc}") from None
             seg = seg.reshape(seg.shape[-3:])
-            left = ix * self.seg_w
-            out[:, left : left + seg.shape[1]] = seg[: out.shape[0], : page.imagewidth - left]
-        self._cache[iy] = out
+        self._cache[key] = seg
+        return seg
+
+    def _raw_rows(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        page, s = self.page, self.samples
+        item = self.dtype.itemsize
+        stored = self.dtype.newbyteorder(self.tif.byteorder)
+        out = np.empty((y1 - y0, x1 - x0, s), self.dtype)
+        row_bytes, count = page.imagewidth * s * item, (x1 - x0) * s * item
+        for y in range(y0, y1):
+            strip = y // self.seg_h
+            offset = page.dataoffsets[strip] + (y - strip * self.seg_h) * row_bytes + x0 * s * item
+            data = self._read(offset, count, f"strip {strip}")
+            out[y - y0] = np.frombuffer(data, stored).reshape(x1 - x0, s)
         return out
 
     def __getitem__(self, key: slice | tuple[slice, slice]) -> np.ndarray:
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
-        y0, y1 = rows.start, rows.stop
-        # Tiles are read row by row, left to right, and no row of tiles starts above the previous one: segment
-        # rows above this request are not needed again. The rest stay: the row's other tiles read them.
-        first = y0 // self.seg_h
-        self._cache = {k: v for k, v in self._cache.items() if k >= first}
-        parts = []
-        for iy in range(y0 // self.seg_h, (y1 - 1) // self.seg_h + 1):
-            top = iy * self.seg_h
-            parts.append(self._segment_row(iy)[max(y0, top) - top : y1 - top, cols])
-        out = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        y0, y1, _ = rows.indices(self.page.imagelength)
+        x0, x1, _ = cols.indices(self.page.imagewidth)
+        if self.raw:
+            out = self._raw_rows(y0, y1, x0, x1)
+        else:
+            # Requests come in row-major order of tiles: segments above this one's top, or left of its first
+            # column, are not needed again until the next tile row (which decodes them again if it must).
+            top, left = y0 // self.seg_h, x0 // self.seg_w
+            self._cache = {k: v for k, v in self._cache.items() if k[0] >= top and k[1] >= left}
+            out = np.empty((y1 - y0, x1 - x0, self.samples), self.dtype)
+            for iy in range(top, (y1 - 1) // self.seg_h + 1):
+                for ix in range(left, (x1 - 1) // self.seg_w + 1):
+                    seg = self._segment(iy, ix)
+                    sy, sx = iy * self.seg_h, ix * self.seg_w
+                    a0, a1 = max(y0, sy), min(y1, sy + seg.shape[0])
+                    b0, b1 = max(x0, sx), min(x1, sx + seg.shape[1])
+                    out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = seg[a0 - sy : a1 - sy, b0 - sx : b1 - sx]
         return out if len(self.shape) == 3 else out[:, :, 0]
+
+    def held_bytes(self) -> int:
+        """Bytes of decoded segments held now (what tests bound)."""
+        return sum(v.nbytes for v in self._cache.values())
 
 
 def _tiff_source(path: Path, normalization: str | None, in_channels: int) -> Source:
-    rows = TiffRows(path)
+    rows = TiffReader(path)
     source = array_source(rows, normalization, in_channels, str(path))
     source.geo_tags, source.tiff = rows.geo_tags, True
     return source
@@ -240,14 +322,15 @@ def open_source(image: Any, meta: dict[str, Any] | None = None, in_channels: int
 def _classes(logits: torch.Tensor) -> np.ndarray:
     """Class indices (uint8) of (K, h, w) logits: argmax, or logit > 0 for a single-logit binary model."""
     if logits.shape[0] == 1:
-        return (logits[0] > 0).to(torch.uint8).numpy()
+        return (logits[0] > 0).view(torch.uint8).numpy()
     # argmax over the leading (strided) axis is slow on the CPU; K passes over contiguous planes are not.
     # Strictly greater keeps the first of tied classes, as argmax does.
-    best, pred = logits[0].clone(), torch.zeros(logits.shape[1:], dtype=torch.uint8)
-    for k in range(1, logits.shape[0]):
-        better = logits[k] > best
-        pred[better] = k
-        torch.maximum(best, logits[k], out=best)
+    pred = (logits[1] > logits[0]).view(torch.uint8)  # bool and uint8 share a layout: no copy
+    if logits.shape[0] > 2:
+        best = torch.maximum(logits[0], logits[1])
+        for k in range(2, logits.shape[0]):
+            pred.masked_fill_(logits[k] > best, k)
+            torch.maximum(best, logits[k], out=best)
     return pred.numpy()
 
 
@@ -257,14 +340,18 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
 
 
 @dataclass
-class Band:
+class Piece:
+    """One tile's kept core: rows ``[y0, y1)``, columns ``[x0, x1)`` of the mask (and probabilities)."""
+
     y0: int
     y1: int
-    mask: np.ndarray  # (h, W) uint8
-    probs: np.ndarray | None  # (h, W, K) float16
+    x0: int
+    x1: int
+    mask: np.ndarray  # (h, w) uint8
+    probs: np.ndarray | None  # (h, w, K) float16
 
 
-def bands(
+def pieces(
     model: nn.Module,
     source: Source,
     plan: TilePlan,
@@ -272,8 +359,9 @@ def bands(
     probabilities: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
     on_window: Callable[[Window, Window, torch.Tensor], None] | None = None,
-) -> Iterator[Band]:
-    """The mask, one row of tiles at a time; each tile's logits become classes (and probabilities) at once."""
+) -> Iterator[Piece]:
+    """The mask, one tile's core at a time in row-major order; each core's logits become classes (and
+    probabilities) at once, so nothing of a row is held."""
     if source.channels != model.in_channels and not (model.in_channels == 3 and source.channels in (1, 4)):
         raise PredictError(
             f"{source.name} has {source.channels} channels; the model takes {model.in_channels}"
@@ -283,16 +371,22 @@ def bands(
         return _classes(core), _probabilities(core) if probabilities else None
 
     size = (source.height, source.width)
-    for rw, tiles in iter_tiles(model, source.region, size, plan, batch, on_tile, on_window, keep):
-        mask = np.empty((rw.core_stop - rw.core_start, source.width), dtype=np.uint8)
-        probs = None
-        for cw, (classes, p) in tiles:
-            mask[:, cw.core_start : cw.core_stop] = classes
-            if p is not None:
-                if probs is None:
-                    probs = np.empty((*mask.shape, p.shape[2]), dtype=np.float16)
-                probs[:, cw.core_start : cw.core_stop] = p
-        yield Band(rw.core_start, rw.core_stop, mask, probs)
+    fill = (
+        (source.prepared_channels, source.fill_region) if source.fill and source.prepared_channels else None
+    )
+    for rw, cw, (classes, p) in iter_tiles(
+        model, source.region, size, plan, batch, on_tile, on_window, keep, fill
+    ):
+        yield Piece(rw.core_start, rw.core_stop, cw.core_start, cw.core_stop, classes, p)
+
+
+def _rows(stream: Iterator[np.ndarray | None], plan: TilePlan, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Pieces' arrays (row-major, as :func:`pieces` yields them) -> bands of whole rows: for writers whose
+    tiles do not line up with the cores (the band holds one row of cores: it grows with the image's width)."""
+    rows, cols = plan.windows(*size)
+    for _ in rows:
+        parts = [next(stream) for _ in cols]
+        yield np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
 def sample_discrepancy(model: nn.Module, source: Source, plan: TilePlan) -> str:
@@ -360,6 +454,41 @@ def _tiff_tiles(stream: Iterator[np.ndarray], width: int, tile: int = TIFF_TILE)
             yield rows[:, x : x + tile]
 
 
+def tiff_layout(plan: TilePlan, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The TIFF tile (H, W) that is exactly one core, when the plan allows it (cores a multiple of 16 pixels,
+    as TIFF tiles must be): then each core is written as it comes, and nothing of a row is held. None: the
+    cores are re-cut into 256-pixel TIFF tiles through bands of rows."""
+    if plan.core is None:
+        return None
+    layout = []
+    for n, t, c in zip(size, plan.tile, plan.core):
+        if n <= t:  # one core spans this axis: one TIFF tile, padded
+            layout.append(-(-n // 16) * 16)
+        elif c % 16:
+            return None
+        else:
+            layout.append(c)
+    return layout[0], layout[1]
+
+
+def _tiff_chunks(
+    stream: Iterator[np.ndarray], plan: TilePlan, size: tuple[int, int]
+) -> tuple[Iterator[np.ndarray], tuple[int, int]]:
+    """Pieces' arrays in row-major order -> the TIFF's tiles in row-major order, and the TIFF's tile shape."""
+    layout = tiff_layout(plan, size)
+    if layout is not None:
+        return stream, layout
+    return _tiff_tiles(_rows(stream, plan, size), size[1]), (TIFF_TILE, TIFF_TILE)
+
+
+def _boxes(plan: TilePlan, size: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
+    """The cores' (y0, y1, x0, x1), in the order :func:`pieces` yields them."""
+    rows, cols = plan.windows(*size)
+    for rw in rows:
+        for cw in cols:
+            yield rw.core_start, rw.core_stop, cw.core_start, cw.core_stop
+
+
 def _colormap(palette: list) -> np.ndarray:
     cmap = np.zeros((3, 256), dtype=np.uint16)
     for i, rgb in enumerate(palette[:256]):
@@ -367,27 +496,34 @@ def _colormap(palette: list) -> np.ndarray:
     return cmap
 
 
-def _write_tiff(path: Path, stream: Iterator[np.ndarray], shape: tuple, dtype: Any, **kwargs: Any) -> None:
+def _write_tiff(
+    path: Path, stream: Iterator[np.ndarray], plan: TilePlan, shape: tuple, dtype: Any, **kwargs: Any
+) -> None:
+    """A tiled, zlib-compressed (Big)TIFF from the pieces' arrays in row-major order."""
     import tifffile
 
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    chunks, tile = _tiff_chunks(stream, plan, shape[:2])
     tifffile.imwrite(
         path,
-        _tiff_tiles(stream, shape[1]),
+        chunks,
         shape=shape,
         dtype=dtype,
-        tile=(TIFF_TILE, TIFF_TILE),
+        tile=tile,
         compression="zlib",
         compressionargs={"level": 1},
         bigtiff=nbytes > 2**31,
-        buffersize=1 << 23,  # tifffile gathers this many bytes of tiles per pass (default 256 MB: the mask)
+        # tifffile gathers this many bytes of tiles per pass to compress them in threads (default 256 MB);
+        # a fixed number of tiles, whatever the image's size
+        buffersize=1 << 23,
+        maxworkers=1,  # the tiles compress in a fraction of their forward pass; leave the cores to torch
         **kwargs,
     )
 
 
 class _Preview:
     """Every ``step``-th row and column of the input (taken from each tile's input as it goes by) and of the
-    mask (from each band): a downscaled preview whose size does not depend on the image's."""
+    mask (from each piece): a downscaled preview whose size does not depend on the image's."""
 
     def __init__(self, source: Source) -> None:
         self.step = step = max(1, -(-max(source.height, source.width) // PREVIEW_SIDE))
@@ -405,12 +541,12 @@ class _Preview:
             self.image = torch.zeros(part.shape[0], *self.image.shape[1:])
         self.image[:, y0 // s : y0 // s + part.shape[1], x0 // s : x0 // s + part.shape[2]] = part
 
-    def add(self, band: Band) -> None:
+    def add(self, piece: Piece) -> None:
         s = self.step
-        first = -(-band.y0 // s) * s
-        if first < band.y1:
-            rows = band.mask[first - band.y0 :: s, ::s]
-            self.mask[first // s : first // s + rows.shape[0]] = rows
+        y, x = -(-piece.y0 // s) * s, -(-piece.x0 // s) * s
+        if y < piece.y1 and x < piece.x1:
+            part = piece.mask[y - piece.y0 :: s, x - piece.x0 :: s]
+            self.mask[y // s : y // s + part.shape[0], x // s : x // s + part.shape[1]] = part
 
     def draw(self, palette: list) -> np.ndarray:
         return overlay(to_rgb(self.image), self.mask, palette, 255)
@@ -449,7 +585,7 @@ def predict(
     (C, H, W) memory-mapped), an (H, W[, C]) pixel array or lazy array, or a (C, H, W) tensor.
 
     ``model``: a module or a checkpoint (run directory). ``out``: the mask's path (``.png`` palette image or
-    ``.tif`` tiled TIFF written band by band, GeoTIFF tags kept from a GeoTIFF input); None returns the mask as
+    ``.tif`` tiled TIFF written tile by tile, GeoTIFF tags kept from a GeoTIFF input); None returns the mask as
     an array in ``Prediction.mask``. Tiles are exact by default (see :func:`atrous.train.tiling.plan_tiles`
     for ``tile``, ``overlap``, ``approximate``). ``probabilities`` writes ``<mask>_probs.tif`` (float16,
     one sample per class); ``preview`` writes ``<mask>_overlay.png`` downscaled to 2048 px at most."""
@@ -491,7 +627,7 @@ def predict(
         if mask_path.suffix.lower() == ".png" and source.height * source.width > PNG_LIMIT:
             raise PredictError(
                 f"{source.name} has {source.height * source.width:,} pixels; a PNG mask is written whole: "
-                f"name the mask {mask_path.with_suffix('.tif').name} (tiled TIFF, written band by band)"
+                f"name the mask {mask_path.with_suffix('.tif').name} (tiled TIFF, written tile by tile)"
             )
         targets["mask"] = mask_path
         if preview:
@@ -505,9 +641,9 @@ def predict(
     temps = {k: _temporary(p) for k, p in targets.items()}
     shot = _Preview(source) if "overlay" in targets else None
     ticker = _Progress(plan.count(*size), size[0] * size[1], source.name) if progress else None
-    writers: list[_ProbWriter] = []  # the probabilities' writer, started with the first band
+    writers: list[_ProbWriter] = []  # the probabilities' writer, started with the first piece
     try:
-        stream = bands(
+        stream = pieces(
             model,
             source,
             plan,
@@ -519,23 +655,27 @@ def predict(
         result: Path | np.ndarray
         if out is None:
             mask = np.empty(size, dtype=np.uint8)
-            for band in stream:
-                mask[band.y0 : band.y1] = band.mask
+            for piece in stream:
+                mask[piece.y0 : piece.y1, piece.x0 : piece.x1] = piece.mask
             result = mask
         else:
 
             def masks() -> Iterator[np.ndarray]:
-                for band in stream:
+                for piece in stream:
                     if shot is not None:
-                        shot.add(band)
-                    if band.probs is not None:
+                        shot.add(piece)
+                    if piece.probs is not None:
                         if not writers:  # the class count is the logits' (a foreign model need not say it)
-                            writers.append(_ProbWriter(temps["probabilities"], size, band.probs.shape[2]))
-                        writers[0].put(band.probs)
-                    yield band.mask
+                            writers.append(
+                                _ProbWriter(temps["probabilities"], plan, size, piece.probs.shape[2])
+                            )
+                        writers[0].put(piece.probs)
+                    yield piece.mask
 
             if targets["mask"].suffix.lower() == ".png":
-                whole = np.concatenate(list(masks()), axis=0)
+                whole = np.empty(size, dtype=np.uint8)  # at most PNG_LIMIT pixels
+                for piece, m in zip(_boxes(plan, size), masks()):
+                    whole[piece[0] : piece[1], piece[2] : piece[3]] = m
                 im = Image.fromarray(whole, mode="P")
                 im.putpalette([v for rgb in palette[:256] for v in rgb])
                 im.save(temps["mask"], format="PNG")
@@ -543,6 +683,7 @@ def predict(
                 _write_tiff(
                     temps["mask"],
                     masks(),
+                    plan,
                     size,
                     np.uint8,
                     photometric="palette",
@@ -569,10 +710,10 @@ def predict(
 
 
 class _ProbWriter:
-    """Class probabilities (H, W, K) float16 as a tiled TIFF, fed band by band from the mask's stream: a
-    second writer runs in a thread, bounded queue between them (so memory stays two bands)."""
+    """Class probabilities (H, W, K) float16 as a tiled TIFF, fed piece by piece from the mask's stream: a
+    second writer runs in a thread, bounded queue between them (so memory stays two pieces)."""
 
-    def __init__(self, path: Path, size: tuple[int, int], classes: int) -> None:
+    def __init__(self, path: Path, plan: TilePlan, size: tuple[int, int], classes: int) -> None:
         import queue
         import threading
 
@@ -587,7 +728,13 @@ class _ProbWriter:
         def run() -> None:
             try:
                 _write_tiff(
-                    path, feed(), (*size, k), np.float16, photometric="minisblack", planarconfig="contig"
+                    path,
+                    feed(),
+                    plan,
+                    (*size, k),
+                    np.float16,
+                    photometric="minisblack",
+                    planarconfig="contig",
                 )
             except BaseException as exc:  # reported by close()
                 self.error = exc

@@ -23,6 +23,7 @@ from torch import nn
 from atrous.errors import AtrousError
 
 AUTO_CORE = 448  # pixels per side a tile contributes at least, with --tile auto
+CORE_ALIGN = 16  # --tile auto makes cores a multiple of this: TIFF tiles must be, and a core is one TIFF tile
 GLOBAL_WHOLE_IMAGE = 2048 * 2048  # --tile auto runs a global-RF model on the whole image up to this size
 
 
@@ -84,20 +85,24 @@ class Window:
 
 def axis_windows(n: int, tile: int, period: int, before: int, after: int) -> list[Window]:
     """Windows along one axis of ``n`` pixels: ``tile`` pixels each, starting on multiples of ``period``, the
-    last one ending on the image's edge (at most two sizes, so tiles batch). Each keeps the outputs whose
-    window fits: ``before`` pixels from its start and ``after`` from its stop (multiples of ``period``) are
-    context, except where the tile's edge is the image's. Greedy: each core starts where the last one ended."""
+    last one ending on the image's edge (at most two sizes, so tiles batch). The kept cores form a regular
+    grid: core ``k`` is ``[k * core, (k + 1) * core)`` with ``core = tile - before - after`` (a multiple of
+    ``period``), the last one cut by the image's edge; each window holds ``before`` pixels of context above its
+    core and ``after`` below, except where its edge is the image's. A regular grid lets a writer stream each
+    core as one tile of a tiled file, in order, holding nothing for the rest of the row."""
     if n <= tile:
         return [Window(0, n, 0, n)]
+    core = tile - before - after
+    if core < 1:
+        raise TilingError(f"tile {tile} leaves no core between margins {before} and {after}")
     last_start = (n - tile) // period * period  # the window that ends at n starts here
     windows: list[Window] = []
-    c = 0
-    while c < n:
-        start = min(max(c - before, 0) // period * period, last_start)
-        stop = n if start == last_start else start + tile
-        core_stop = n if stop == n else stop - after
-        windows.append(Window(start, stop, c, core_stop))
-        c = core_stop
+    for c in range(0, n, core):
+        start = max(c - before, 0) // period * period
+        if start + tile > n:  # the edge window: it ends at n, where no context is needed
+            windows.append(Window(last_start, n, c, min(c + core, n)))
+        else:
+            windows.append(Window(start, start + tile, c, min(c + core, n)))
     return windows
 
 
@@ -122,6 +127,14 @@ class TilePlan:
             axis_windows(h, self.tile[0], self.period[0], *self.margin[0]),
             axis_windows(w, self.tile[1], self.period[1], *self.margin[1]),
         )
+
+    @property
+    def core(self) -> tuple[int, int] | None:
+        """The kept cores' grid step (H, W): every core but the image's last row and column has this size.
+        None for whole-image inference."""
+        if self.whole:
+            return None
+        return tuple(t - b - a for t, (b, a) in zip(self.tile, self.margin))  # type: ignore[return-value]
 
     def count(self, h: int, w: int) -> int:
         rows, cols = self.windows(h, w)
@@ -197,7 +210,10 @@ def plan_tiles(
     else:
         margins = tuple((_round_up(b, p), _round_up(a, p)) for (b, a), p in zip(reach, period))
     if auto:
-        size = tuple(b + a + _round_up(max(AUTO_CORE, 2 * (b + a)), p) for (b, a), p in zip(margins, period))
+        size = tuple(
+            b + a + _round_up(max(AUTO_CORE, 2 * (b + a)), math.lcm(p, CORE_ALIGN))
+            for (b, a), p in zip(margins, period)
+        )
     else:
         size = tuple(max(int(tile) // p * p, p) for p in period)
     for axis, ((b, a), p, t) in enumerate(zip(margins, period, size)):
@@ -253,6 +269,8 @@ def _check_edges(model: nn.Module, channels: int, size: tuple[int, int], plan: T
 
 # Region [y0, y1) x [x0, x1) of the prepared image: (C, y1 - y0, x1 - x0) float.
 Region = Callable[[int, int, int, int], torch.Tensor]
+# The same region written into ``out`` (C, y1 - y0, x1 - x0) float: reading, converting and batching in one pass.
+Fill = Callable[[int, int, int, int, torch.Tensor], None]
 
 
 @torch.no_grad()
@@ -265,54 +283,74 @@ def iter_tiles(
     on_tile: Callable[[int, int], None] | None = None,
     on_window: Callable[[Window, Window, torch.Tensor], None] | None = None,
     keep: Callable[[torch.Tensor], Any] = lambda core: core,
-) -> Iterator[tuple[Window, list[tuple[Window, Any]]]]:
-    """Per row of tiles: its row window and, per column window, the kept core's logits (K, h, w) on the CPU.
+    fill: tuple[int, Fill] | None = None,
+) -> Iterator[tuple[Window, Window, Any]]:
+    """Each tile's row and column windows and ``keep(core)`` of its kept logits (K, h, w), in row-major order.
 
-    Each tile's input is read on its own (memory follows the tiles in flight, not the image's width); tiles
-    of one shape run as a batch on the model's device. ``on_tile(tiles, pixels)`` is called after each batch
-    (progress), ``on_window(row, col, input)`` with each tile's input (previews); ``keep(core)`` is what is
-    held of each core until its row is complete (class indices, say, rather than logits)."""
+    Each tile's input is read on its own and its core handed on at once: memory follows the tiles in flight,
+    not the image's width. Consecutive tiles of one shape (across rows too) run as a batch on the model's
+    device. ``fill = (channels, fill)`` writes each input straight into the batch (else ``region`` is
+    stacked). ``on_tile(tiles, pixels)`` is called after each batch (progress), ``on_window(row, col, input)``
+    with each tile's input (previews); ``keep(core)`` turns a core's logits, a view into the batch's output,
+    into what is handed on (class indices, say)."""
     device = next(model.parameters()).device
     row_windows, col_windows = plan.windows(*size)
-    for rw in row_windows:
-        cores: dict[Window, torch.Tensor] = {}
-        by_width: dict[int, list[Window]] = {}
-        for cw in col_windows:
-            by_width.setdefault(cw.stop - cw.start, []).append(cw)
-        for group in by_width.values():
-            for i in range(0, len(group), batch):
-                chunk = group[i : i + batch]
-                inputs = [region(rw.start, rw.stop, cw.start, cw.stop) for cw in chunk]
-                if on_window is not None:
-                    for cw, x in zip(chunk, inputs):
-                        on_window(rw, cw, x)
-                logits = model(torch.stack(inputs).to(device))
-                del inputs
-                for k, cw in enumerate(chunk):
-                    cores[cw] = keep(
-                        logits[
-                            k,
-                            :,
-                            rw.core_start - rw.start : rw.core_stop - rw.start,
-                            cw.core_start - cw.start : cw.core_stop - cw.start,
-                        ]
-                        .float()
-                        .cpu()
-                    )
-                if on_tile is not None:
-                    rows = rw.core_stop - rw.core_start
-                    on_tile(len(chunk), sum(rows * (c.core_stop - c.core_start) for c in chunk))
-        yield rw, [(cw, cores.pop(cw)) for cw in col_windows]
+    order = [(rw, cw) for rw in row_windows for cw in col_windows]
+
+    def shape(rc: tuple[Window, Window]) -> tuple[int, int]:
+        return rc[0].stop - rc[0].start, rc[1].stop - rc[1].start
+
+    i = 0
+    while i < len(order):
+        chunk = [order[i]]
+        while (
+            len(chunk) < batch
+            and i + len(chunk) < len(order)
+            and shape(order[i + len(chunk)]) == shape(chunk[0])
+        ):
+            chunk.append(order[i + len(chunk)])
+        i += len(chunk)
+        if fill is not None:
+            inputs = torch.empty(len(chunk), fill[0], *shape(chunk[0]))
+            for k, (rw, cw) in enumerate(chunk):
+                fill[1](rw.start, rw.stop, cw.start, cw.stop, inputs[k])
+        else:
+            inputs = torch.stack([region(rw.start, rw.stop, cw.start, cw.stop) for rw, cw in chunk])
+        if on_window is not None:
+            for (rw, cw), x in zip(chunk, inputs):
+                on_window(rw, cw, x)
+        logits = model(inputs.to(device))
+        del inputs
+        kept = [
+            keep(
+                logits[
+                    k,
+                    :,
+                    rw.core_start - rw.start : rw.core_stop - rw.start,
+                    cw.core_start - cw.start : cw.core_stop - cw.start,
+                ]
+                .float()
+                .cpu()
+            )
+            for k, (rw, cw) in enumerate(chunk)
+        ]
+        del logits
+        if on_tile is not None:
+            on_tile(
+                len(chunk), sum((r.core_stop - r.core_start) * (c.core_stop - c.core_start) for r, c in chunk)
+            )
+        for (rw, cw), item in zip(chunk, kept):
+            yield rw, cw, item
 
 
 def tiled_logits(model: nn.Module, image: torch.Tensor, plan: TilePlan, batch: int = 4) -> torch.Tensor:
     """Logits (K, H, W) of a (C, H, W) image, stitched from the plan's tiles (for images that fit in memory)."""
     h, w = image.shape[1:]
     out = None
-    for rw, tiles in iter_tiles(model, lambda y0, y1, x0, x1: image[:, y0:y1, x0:x1], (h, w), plan, batch):
-        for cw, core in tiles:
-            if out is None:
-                out = core.new_empty(core.shape[0], h, w)
-            out[:, rw.core_start : rw.core_stop, cw.core_start : cw.core_stop] = core
+    region = lambda y0, y1, x0, x1: image[:, y0:y1, x0:x1]  # noqa: E731
+    for rw, cw, core in iter_tiles(model, region, (h, w), plan, batch):
+        if out is None:
+            out = core.new_empty(core.shape[0], h, w)
+        out[:, rw.core_start : rw.core_stop, cw.core_start : cw.core_stop] = core
     assert out is not None
     return out
