@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atrous.lab import audit, convergence
-from atrous.lab.convergence import CONVERGED, IMPROVING, MIN_EPOCHS, TRIVIAL, WINDOW
+from atrous.lab.convergence import ANNEAL_FACTOR, CONVERGED, IMPROVING, MIN_EPOCHS, TRIVIAL, WINDOW
 from atrous.lab.jobs import Job, run_job
 from atrous.train.loop import TIMING_KEYS
 
@@ -75,15 +75,41 @@ def test_audit_reads_the_rule_off_the_long_curve() -> None:
 
 def test_a_stopped_run_is_the_prefix_of_a_longer_one(tmp_path: Path) -> None:
     """Constant learning rate after warm-up, and weight averaging that does not know the budget: the first epochs
-    of a run do not depend on how many steps it may take, which the audit relies on."""
+    of a run do not depend on how many steps it may take, which the audit relies on; the audit's long runs differ
+    only in their last epochs, which anneal (their learning rate read back from the run's own records)."""
     short = Job("convstack:width=4", "scale:size=16,n=32,small=2,large=5", 3, 12, 8, 3e-3, warmup=2, ema=0.9)
-    short = replace(short, stop_early=False)
-    long = replace(short, steps=24)
-    a, b = run_job(short, str(tmp_path)), run_job(long, str(tmp_path))
+    long = replace(short, steps=40, stop_early=False)  # 10 epochs of 4 steps: the last 3 annealed
+    a, b = run_job(replace(short, stop_early=False), str(tmp_path)), run_job(long, str(tmp_path))
 
     def strip(history: list[dict]) -> list[dict]:
         return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
 
-    assert len(a["history"]) == 3 and len(b["history"]) == 6
-    assert strip(a["history"]) == strip(b["history"])[:3]
+    assert len(b["history"]) == 10
+    # The rate each epoch ran at: full for 7 epochs, then the last 3 annealed.
+    assert [h["lr"] for h in b["history"]] == pytest.approx([3e-3] * 7 + [3e-3 * ANNEAL_FACTOR] * 3)
+    rule_run = run_job(short, str(tmp_path))  # the lab's own run: the rule, a constant rate
+    assert strip(rule_run["history"]) == strip(b["history"])[: len(rule_run["history"])]
     assert a["health"] in (CONVERGED, IMPROVING, TRIVIAL)
+
+
+def test_final_anneal_covers_the_last_epochs() -> None:
+    factors = [convergence.final_anneal(16 * e, 16, 24 * 16) for e in range(1, 25)]
+    assert factors == [1.0] * 20 + [ANNEAL_FACTOR] * 4  # set after epoch 21: epochs 22-24 run annealed
+
+
+def test_a_class_out_of_the_models_reach_is_not_a_training_failure() -> None:
+    """Rates 1,1,1 (RF 13) on squares of 13 and 19 px: even their centres need a wider window to tell the two
+    sizes apart, so neither class can be decided anywhere; the dilated twin (RF 33) can. Never predicting a class
+    out of reach leaves the run healthy; the same curve with the class within reach is a partial solution."""
+    from atrous.lab.jobs import out_of_reach
+
+    data = "scale:size=48,n=8,small=13,large=19"
+    assert out_of_reach("aspp_net:width=4,rates=1,1,1", data) == {1, 2}
+    assert out_of_reach("aspp_net:width=4,rates=1,3,6", data) == frozenset()
+    assert (
+        out_of_reach("aspp_net:width=4,rates=1,1,1", "shapes:size=16,n=4") == frozenset()
+    )  # no size classes
+    plateau, dead = [0.6] * (MIN_EPOCHS + WINDOW), [0.9, 0.0, 0.8]
+    assert convergence.health(plateau, dead) == TRIVIAL
+    assert convergence.health(plateau, dead, out_of_reach={1}) == CONVERGED
+    assert convergence.stop_epoch(plateau, [dead] * len(plateau), {1}) == MIN_EPOCHS

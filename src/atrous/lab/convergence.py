@@ -25,13 +25,16 @@ seen on check seed 20, where a dilated U-Net in the control regime stopped at 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 
 SOLVED = 0.995
 MIN_EPOCHS = 10
 WINDOW = 6
 MIN_GAIN = 0.005
 TRIVIAL_IOU = 0.01  # a class whose IoU stays below this is not predicted
+ANNEAL_EPOCHS = 3  # the audit's long runs: their last epochs at a lower rate
+ANNEAL_FACTOR = 0.1
 
 CONVERGED, IMPROVING = "converged", "still improving at the step cap"
 TRIVIAL = "partial solution (a class never predicted)"
@@ -53,29 +56,43 @@ def plateaued(miou: Sequence[float]) -> bool:
     return max(miou[-WINDOW:]) <= max(miou[:-WINDOW]) + MIN_GAIN
 
 
-def should_stop(miou: Sequence[float], iou: Sequence[float | None]) -> bool:
+def should_stop(
+    miou: Sequence[float], iou: Sequence[float | None], out_of_reach: Collection[int] = ()
+) -> bool:
     """The stopping rule, on the validation mIoU of the epochs so far and the last epoch's per-class IoU."""
-    if len(miou) < MIN_EPOCHS or trivial(iou):
+    if len(miou) < MIN_EPOCHS or trivial(iou, out_of_reach):
         return False
     return miou[-1] >= SOLVED or plateaued(miou)
 
 
-def stop_epoch(miou: Sequence[float], ious: Sequence[Sequence[float | None]]) -> int:
+def stop_epoch(
+    miou: Sequence[float], ious: Sequence[Sequence[float | None]], out_of_reach: Collection[int] = ()
+) -> int:
     """The number of epochs the rule trains on a curve (mIoU and per-class IoU per epoch; the whole curve if the
     rule never fires)."""
     for epochs in range(1, len(miou) + 1):
-        if should_stop(miou[:epochs], ious[epochs - 1]):
+        if should_stop(miou[:epochs], ious[epochs - 1], out_of_reach):
             return epochs
     return len(miou)
 
 
-def trivial(iou: Sequence[float | None]) -> bool:
-    """A class with an IoU (present in the targets or predictions) below ``TRIVIAL_IOU``: never predicted."""
-    return any(v is not None and v < TRIVIAL_IOU for v in iou)
+def trivial(iou: Sequence[float | None], out_of_reach: Collection[int] = ()) -> bool:
+    """A class with an IoU (present in the targets or predictions) below ``TRIVIAL_IOU``: never predicted.
+    Classes ``out_of_reach`` of the model (no pixel of theirs can be decided with its RF) do not count."""
+    return any(v is not None and v < TRIVIAL_IOU for c, v in enumerate(iou) if c not in out_of_reach)
 
 
-def health(miou: Sequence[float], final_iou: Sequence[float | None]) -> str:
+def health(
+    miou: Sequence[float], final_iou: Sequence[float | None], out_of_reach: Collection[int] = ()
+) -> str:
     """The health of a run that trained the epochs of ``miou`` (stopped by the rule or at the cap)."""
-    if trivial(final_iou):
+    if trivial(final_iou, out_of_reach):
         return TRIVIAL
-    return CONVERGED if should_stop(miou, final_iou) else IMPROVING
+    return CONVERGED if should_stop(miou, final_iou, out_of_reach) else IMPROVING
+
+
+def final_anneal(step: int, epoch_steps: int, total_steps: int) -> float:
+    """Learning-rate factor of an audit long run after its epoch ending at ``step``: ``ANNEAL_FACTOR`` once no
+    more than ``ANNEAL_EPOCHS`` epochs remain, else 1."""
+    remaining = math.ceil((total_steps - step) / epoch_steps)
+    return ANNEAL_FACTOR if remaining <= ANNEAL_EPOCHS else 1.0

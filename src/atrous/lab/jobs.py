@@ -35,7 +35,9 @@ class Job:
     warmup: int = 0
     schedule: str = "constant"  # constant after warm-up: a stopped run is the prefix of a longer one
     ema: float = 0.0  # weight averaging: a stable end point at a constant learning rate
-    stop_early: bool = True  # the convergence rule; False: train all ``steps`` (the audit's long runs)
+    stop_early: bool = (
+        True  # the convergence rule; False: train all ``steps``, the last epochs annealed (audit)
+    )
     label: str = ""  # for the progress display only
 
     @property
@@ -75,17 +77,24 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         device=device,
     )
     start = time.perf_counter()
-    seen: list[float] = []
+    skip = out_of_reach(job.model, job.data)
+    seen: list[dict] = []
 
     def stop(record: dict) -> bool:
-        seen.append(record["val"]["miou"])
-        return convergence.should_stop(seen, record["val"]["iou"])
+        seen.append(record)
+        return convergence.should_stop([r["val"]["miou"] for r in seen], record["val"]["iou"], skip)
+
+    def anneal(record: dict) -> float:
+        return convergence.final_anneal(record["step"], record["step"] // record["epoch"], job.steps)
 
     with warnings.catch_warnings():
         # A dilated U-Net's bottleneck alone may be gridded; the lab chose its rates because the whole network
         # is hole-free (design.py), which the warning about the bottleneck cannot know.
         warnings.simplefilter("ignore", GriddingWarning)
-        result = fit(cfg, overwrite=True, console=Console(quiet=True), until=stop if job.stop_early else None)
+        if job.stop_early:
+            result = fit(cfg, overwrite=True, console=Console(quiet=True), until=stop)
+        else:
+            result = fit(cfg, overwrite=True, console=Console(quiet=True), lr_scale=anneal)
         model = load(run_dir / "last")
     from atrous.data import build_dataset
 
@@ -100,7 +109,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         "job": asdict(job),
         "history": history,
         "final": history[-1]["val"],
-        "health": convergence.health([h["val"]["miou"] for h in history], history[-1]["val"]["iou"]),
+        "health": convergence.health([h["val"]["miou"] for h in history], history[-1]["val"]["iou"], skip),
         "params": count_params(model),
         "flops": count_flops(model, tuple(sample.shape)),
         "steps": result.steps,
@@ -111,6 +120,29 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         },
         "run_dir": str(run_dir),
     }
+
+
+def out_of_reach(model: str, data: str) -> frozenset[int]:
+    """Labels of the size classes of a task of squares that the model cannot decide anywhere: even the centre of
+    their squares (the pixels that need the least context, ``need_block``) needs more than the model's RF."""
+    from atrous.data import build_dataset
+    from atrous.data.synthetic import need_block
+    from atrous.lab.design import describe
+
+    ds = build_dataset(data)
+    extents = getattr(ds, "extents", None)
+    if not extents or getattr(ds, "shape", None) != "square":
+        return frozenset()
+    rf = describe("", model, ds.size).rf
+    if rf is None:  # global: sees everything
+        return frozenset()
+    sides = sorted(set(extents))
+    out = set()
+    for k, e in enumerate(extents):
+        below = [s for s in sides if s < e]
+        if int(need_block(e, below[-1] if below else None, e < sides[-1]).min()) > rf:
+            out.add(k + 1)  # size class k is label k + 1 (size_class_objects)
+    return frozenset(out)
 
 
 def exit_with_parent(parent: int) -> None:

@@ -46,9 +46,11 @@ def parse_seeds(seeds: str | int | None, default: int) -> list[int]:
         return list(range(default))
     text = str(seeds)
     try:
-        values = [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",") if v.strip()]  # "41," is a list of one seed
     except ValueError:
-        raise AtrousError(f"--seeds {text!r}: give a count (3) or a list (0,1,2)") from None
+        values = []
+    if not values:
+        raise AtrousError(f"--seeds {text!r}: give a count (3) or a list (0,1,2; one seed: 41,)")
     if len(values) == 1 and "," not in text:
         if values[0] < 1:
             raise AtrousError("--seeds must be >= 1")

@@ -70,6 +70,9 @@ class LoopState:
     seconds: float = 0.0
     best_miou: float = -1.0
     best_step: int = -1
+    lr_scale: float = (
+        1.0  # set by ``fit``'s ``lr_scale`` callback (the lab's anneal on a plateau), times the schedule
+    )
 
 
 @dataclass
@@ -96,14 +99,16 @@ def fit(
     overwrite: bool = False,
     console: Console | None = None,
     until: Callable[[dict], bool] | None = None,
+    lr_scale: Callable[[dict], float] | None = None,
 ) -> FitResult:
     """Train per ``cfg`` (see the module docstring); ``resume`` continues ``cfg.out`` from its last checkpoint;
-    ``until(record)`` ends training after the first epoch whose metrics record satisfies it."""
+    ``until(record)`` ends training after the first epoch whose metrics record satisfies it; ``lr_scale(record)``,
+    asked after each epoch before ``until``, multiplies the schedule's learning rate from the next step on."""
     console = console or Console()
     d = setup(cfg.device)
     finished = False
     try:
-        result = Trainer(cfg, resume, overwrite, console, d).run(until)
+        result = Trainer(cfg, resume, overwrite, console, d).run(until, lr_scale)
         finished = True
         return result
     finally:
@@ -159,8 +164,11 @@ class Trainer:
         )
         self.evaluated = self.ema.module if self.ema is not None else self.model
         self.optimizer = make_optimizer(cfg, self.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_schedule(cfg, self.total))
         self.state = LoopState()
+        schedule = make_schedule(cfg, self.total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: schedule(step) * self.state.lr_scale
+        )
         self.sums = _DeviceSums(d.device)
         self.history: list[dict] = []
         # On a CPU a value is read at no cost, so the divergence check runs before every optimizer step.
@@ -173,7 +181,9 @@ class Trainer:
         self.first_step_seconds: float | None = None
 
     # -- the run ----------------------------------------------------------------------------------------------
-    def run(self, until: Callable[[dict], bool] | None) -> FitResult:
+    def run(
+        self, until: Callable[[dict], bool] | None, lr_scale: Callable[[dict], float] | None = None
+    ) -> FitResult:
         if self.resume:
             self._restore()
         elif self.d.main:
@@ -185,11 +195,26 @@ class Trainer:
             while self.state.step < self.total and self.state.epoch < self.epochs:
                 self._train_epoch(log)
                 record = self._end_epoch(log)
+                if lr_scale is not None:
+                    self._rescale_lr(lr_scale(record))
                 if until is not None and until(record):
                     break
         return FitResult(
             self.run_dir, self.history, self.state.best_miou, self.state.step, self.first_step_seconds
         )
+
+    def _rescale_lr(self, scale: float) -> None:
+        """From the next step on, the schedule's learning rate times ``scale`` (the scheduler would apply it only
+        after that step)."""
+        if scale == self.state.lr_scale:
+            return
+        self.state.lr_scale = scale
+        sched = self.scheduler
+        for group, rule, base in zip(
+            self.optimizer.param_groups, sched.lr_lambdas, sched.base_lrs, strict=True
+        ):
+            group["lr"] = base * rule(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _wrap(self) -> torch.nn.Module:
         """The module that trains: main and auxiliary logits, DDP (SyncBatchNorm on GPUs), torch.compile."""
