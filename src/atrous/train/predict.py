@@ -63,19 +63,15 @@ class Source:
 
     def fill_region(self, y0: int, y1: int, x0: int, x1: int, out: torch.Tensor) -> None:
         assert self.fill is not None
-        try:
-            self.fill(y0, y1, x0, x1, out)
-        except AtrousError:
-            raise
-        except Exception as exc:
-            raise PredictError(
-                f"cannot read rows {y0}-{y1}, columns {x0}-{x1} of {self.name}: {exc} "
-                "(is the file truncated or corrupt?)"
-            ) from None
+        self._reading(self.fill, y0, y1, x0, x1, out)
 
     def region(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        return self._reading(self.read, y0, y1, x0, x1)
+
+    def _reading(self, how: Callable, y0: int, y1: int, x0: int, x1: int, *out: torch.Tensor) -> Any:
+        """``how(y0, y1, x0, x1, *out)``, a failed read named in one line (our own errors pass unchanged)."""
         try:
-            return self.read(y0, y1, x0, x1)
+            return how(y0, y1, x0, x1, *out)
         except AtrousError:
             raise
         except Exception as exc:
