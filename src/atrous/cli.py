@@ -208,7 +208,11 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         model = resolve_model(args.model, **model_kwargs(args))
         view = ModelView(model, args.model, int(getattr(model, "in_channels", objs.channels)))
         data["coverage"] = coverage(objs, view, args.margin, args.anchor, args.max_sizes, progress=True)
-        rfs = [max(f["rf"]) for f in data["coverage"]["rf"].values() if not f["global"]]
+        rfs = [
+            max(r for r in f["rf"] if r is not None)
+            for f in data["coverage"]["rf"].values()
+            if not f["global"]
+        ]
         if rfs:
             lines[f"RF {max(rfs)}"] = max(rfs)
         if args.erf:
@@ -244,7 +248,11 @@ def print_coverage(data: dict) -> None:
     for note in cov.get("notes", []):
         console.print(f"coverage is 100 % because {note}")
     facts = next(iter(cov["rf"].values()))
-    rf = "global" if facts["global"] else f"{max(facts['rf'])} (holes {facts['holes']})"
+    rf = (
+        "global"
+        if facts["global"]
+        else f"{max(r for r in facts['rf'] if r is not None)} (holes {facts['holes']})"
+    )
     console.print(f"{cov['model']}: RF {rf}; covered from the {cov['anchor']} pixel's exact support:")
     erf = data.get("erf", {}).get("classes", {})
     for k, row in cov["classes"].items():
@@ -273,6 +281,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from atrous.data.stats import scan
     from atrous.suggest import suggest, suggest_table, summary_lines
 
+    if args.top < 1:
+        raise AtrousError(f"--top {args.top}: show at least 1 row")
     objs = scan(build_dataset(args.spec, split=args.split), parse_background(args.background), args.limit)
     classes = list(parse_ints(args.classes, "--classes")) if args.classes else None
     data = suggest(objs, args.target, args.margin, args.anchor, classes, args.max_sizes, progress=True)

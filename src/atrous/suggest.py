@@ -187,6 +187,12 @@ def suggest(
     check_anchor(anchor, margin)
     at = buckets(objs, max_sizes)
     wanted = objs.classes if classes is None else classes
+    unknown = [k for k in wanted if not 0 <= k < len(objs.class_names)]
+    if unknown:
+        raise SuggestError(
+            f"{option('classes')} {unknown[0]}: {objs.name} has classes 0-{len(objs.class_names) - 1} "
+            f"({', '.join(objs.class_names)})"
+        )
     have = [k for k in wanted if objs.of_class(k)]
     if not have:
         raise SuggestError(f"no objects of the classes asked for in {objs.images} masks of {objs.name}")

@@ -239,6 +239,9 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
         ["suggest", f"folder:{empty}"],
         ["suggest", "scale:n=2", "--max-sizes", "0"],
         ["data", "stats", "scale:n=2", "--model", "convstack", "--max-sizes", "0"],
+        ["suggest", "scale:n=2", "--top", "0"],
+        ["suggest", "scale:n=2", "--classes", "1,9"],
+        ["suggest", "scale:n=2", "--classes", "-1"],
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

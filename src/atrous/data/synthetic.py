@@ -369,15 +369,23 @@ def square_need_map(task: Scale | MultiScale, index: int, extents: list[int]) ->
             "shape=square"
         )
     _, _, objs = task.sample(index)
-    sides = sorted(set(extents))
+    blocks = class_need_blocks(extents)
     out = np.ones((task.size, task.size), dtype=np.int64)
     for o in objs:
         e = o.extent
-        below = [s for s in sides if s < e]
-        block = need_block(e, below[-1] if below else None, e < sides[-1])
         y0, x0 = int(round(o.cy - e / 2)), int(round(o.cx - e / 2))  # as render() places a square
-        out[y0 : y0 + e, x0 : x0 + e] = block
+        out[y0 : y0 + e, x0 : x0 + e] = blocks[e]
     return out
+
+
+def class_need_blocks(extents: list[int]) -> dict[int, np.ndarray]:
+    """:func:`need_block` of each size class's side, among the classes ``extents``."""
+    sides = sorted(set(extents))
+    blocks = {}
+    for e in sides:
+        below = [s for s in sides if s < e]
+        blocks[e] = need_block(e, below[-1] if below else None, e < sides[-1])
+    return blocks
 
 
 @dataclass

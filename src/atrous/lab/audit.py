@@ -21,7 +21,7 @@ from rich.console import Console
 
 from atrous.fileio import write_atomic
 from atrous.lab import convergence
-from atrous.lab.jobs import Job, out_of_reach, run_jobs
+from atrous.lab.jobs import Job, run_jobs
 from atrous.lab.presets import Preset
 
 FACTOR = 3
@@ -95,7 +95,7 @@ def run_audit(
     for job, long in zip(jobs, longs):
         result = results[long.key]
         epoch_steps = result["history"][0]["step"]
-        rows.append(audit_run(job, result, epoch_steps, out_of_reach(job.model, job.data)))
+        rows.append(audit_run(job, result, epoch_steps, frozenset(result["out_of_reach"])))
     summary = summarize(rows)
     summary.update(preset=p.name, factor=FACTOR, rule=convergence.RULE, seconds=time.perf_counter() - start)
     write_atomic(out / "audit.json", json.dumps({"summary": summary, "runs": rows}, indent=2) + "\n")

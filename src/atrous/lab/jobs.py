@@ -35,9 +35,8 @@ class Job:
     warmup: int = 0
     schedule: str = "constant"  # constant after warm-up: a stopped run is the prefix of a longer one
     ema: float = 0.0  # weight averaging: a stable end point at a constant learning rate
-    stop_early: bool = (
-        True  # the convergence rule; False: train all ``steps``, the last epochs annealed (audit)
-    )
+    # The convergence rule; False: train all ``steps``, the last epochs annealed (the audit's long runs).
+    stop_early: bool = True
     label: str = ""  # for the progress display only
 
     @property
@@ -110,6 +109,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         "history": history,
         "final": history[-1]["val"],
         "health": convergence.health([h["val"]["miou"] for h in history], history[-1]["val"]["iou"], skip),
+        "out_of_reach": sorted(skip),  # classes the health check excused
         "params": count_params(model),
         "flops": count_flops(model, tuple(sample.shape)),
         "steps": result.steps,
@@ -126,7 +126,7 @@ def out_of_reach(model: str, data: str) -> frozenset[int]:
     """Labels of the size classes of a task of squares that the model cannot decide anywhere: even the centre of
     their squares (the pixels that need the least context, ``need_block``) needs more than the model's RF."""
     from atrous.data import build_dataset
-    from atrous.data.synthetic import need_block
+    from atrous.data.synthetic import class_need_blocks
     from atrous.lab.design import describe
 
     ds = build_dataset(data)
@@ -136,13 +136,9 @@ def out_of_reach(model: str, data: str) -> frozenset[int]:
     rf = describe("", model, ds.size).rf
     if rf is None:  # global: sees everything
         return frozenset()
-    sides = sorted(set(extents))
-    out = set()
-    for k, e in enumerate(extents):
-        below = [s for s in sides if s < e]
-        if int(need_block(e, below[-1] if below else None, e < sides[-1]).min()) > rf:
-            out.add(k + 1)  # size class k is label k + 1 (size_class_objects)
-    return frozenset(out)
+    blocks = class_need_blocks(extents)
+    # size class k is label k + 1 (size_class_objects)
+    return frozenset(k + 1 for k, e in enumerate(extents) if int(blocks[e].min()) > rf)
 
 
 def exit_with_parent(parent: int) -> None:

@@ -70,9 +70,8 @@ class LoopState:
     seconds: float = 0.0
     best_miou: float = -1.0
     best_step: int = -1
-    lr_scale: float = (
-        1.0  # set by ``fit``'s ``lr_scale`` callback (the lab's anneal on a plateau), times the schedule
-    )
+    # Times the schedule's rate; set by ``fit``'s ``lr_scale`` callback (the lab audit's final anneal).
+    lr_scale: float = 1.0
 
 
 @dataclass
