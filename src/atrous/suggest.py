@@ -25,8 +25,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
 from atrous.data.coverage import (
     BUCKET_WHY,
     ModelView,
@@ -39,26 +37,10 @@ from atrous.data.coverage import (
 )
 from atrous.data.stats import DatasetObjects, Found, Size, bucket_notes
 from atrous.errors import OptionError, option
+from atrous.models.stride import STRIDES_ACROSS, logit_stride, min_width
 from atrous.rf import schedule
 
 MAX_PLAIN_LAYERS = 16  # a rate-1 stack deeper than this is not a candidate anyone would train
-STRIDES_ACROSS = 2  # an object must span this many output strides to keep most of its pixels
-
-
-def min_width(stride: int) -> int:
-    """The narrowest object (px) that logits resized from a grid ``stride`` pixels apart still segment: the
-    upsampled boundary band is about a stride wide on each side, so an object narrower than two strides is
-    mostly band (the rule behind the lab's stride predictions, :func:`atrous.lab.design.predict_stride`)."""
-    return STRIDES_ACROSS * stride
-
-
-def logit_stride(model: nn.Module) -> int:
-    """The stride of the grid a model's logits are resized from: a U-Net's decoder brings them back to full
-    resolution (its ``output_stride`` is its bottleneck's); the others resize from their output stride. The
-    lab's ``describe`` reads it the same way."""
-    from atrous.models.unet import UNet
-
-    return 1 if isinstance(model, UNet) else int(getattr(model, "output_stride", 1))
 
 
 class SuggestError(OptionError):

@@ -62,7 +62,7 @@ class Component:
     def thickness(self) -> int:
         """The side of the largest square inside the object: how wide it is across its widest part. A bar
         10 x 3 is 3 thick, a one-pixel diagonal line 1, however large their boxes; it is what a coarse output
-        grid erodes (:func:`atrous.suggest.min_width`)."""
+        grid erodes (:func:`atrous.models.stride.min_width`)."""
         _, _, fit = self.crop()  # fit[p]: a t x t square with top-left corner p lies inside the object
         t = 1
         while (grown := _grow(fit, t)).any():  # doubling, then binary lifting on the remaining bits

@@ -25,9 +25,8 @@ from functools import lru_cache
 from atrous.data.synthetic import needed_rf
 from atrous.flops import count_flops, count_params
 from atrous.models.registry import create_model
-from atrous.models.unet import UNet
+from atrous.models.stride import logit_stride, min_width
 from atrous.rf import analyze
-from atrous.suggest import min_width  # the stride rule, shared with `atrous suggest`
 
 COST_TOLERANCE = 0.10
 GAP = 2  # background pixels between objects (the scale task's default)
@@ -82,7 +81,7 @@ def describe(label: str, spec: str, size: int, classes: int = 3) -> Model:
     holes = 0 if out.global_ else int(out.axes[0].hole_count)
     # The stride of the logits before their final resize: a U-Net's decoder brings them back to full
     # resolution (its ``output_stride`` is that of its bottleneck); DeepLab resizes from its output stride.
-    stride = 1 if isinstance(model, UNet) else int(getattr(model, "output_stride", 1))
+    stride = logit_stride(model)
     return Model(label, spec, rf, holes, count_params(model), count_flops(model, (3, size, size)), stride)
 
 
