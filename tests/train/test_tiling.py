@@ -198,3 +198,34 @@ def test_axis_windows_cover_every_pixel_once_with_full_context(
     if n > tile:  # the cores form a grid: a writer can stream each one as a tile of a tiled file
         core = tile - before - after
         assert [w.core_start for w in windows] == list(range(0, n, core))
+
+
+def test_windows_that_share_their_input_run_once() -> None:
+    """U-Net depth 2 at tile 64 (margins 24, cores 16) on 70 x 93: the last cores are narrower than the margin,
+    so several edge windows end on the image's edge with the same span. Each span runs once, its cores are cut
+    from that one output, they come out in row-major order, and the stitched logits still equal whole-image
+    inference."""
+    from atrous.train.tiling import iter_tiles
+
+    model = randomize(create_model("unet:width=4,depth=2"))
+    image = torch.randn(3, 70, 93, generator=torch.Generator().manual_seed(2))
+    plan = plan_tiles(model, (70, 93), 3, tile=64)
+    rows, cols = plan.windows(70, 93)
+    spans = lambda ws: {(w.start, w.stop) for w in ws}  # noqa: E731
+    assert len(spans(rows)) < len(rows) and len(spans(cols)) < len(cols)  # the case this test is about
+    inputs: list[tuple[int, ...]] = []
+
+    def on_window(rw, cw, x) -> None:
+        inputs.append((rw.start, rw.stop, cw.start, cw.stop))
+
+    region = lambda y0, y1, x0, x1: image[:, y0:y1, x0:x1]  # noqa: E731
+    done = [
+        (rw.core_start, cw.core_start)
+        for rw, cw, _ in iter_tiles(model, region, (70, 93), plan, 3, on_window=on_window)
+    ]
+    assert len(inputs) == len(set(inputs)) == len(spans(rows)) * len(spans(cols)) == plan.count(70, 93)
+    assert done == [(r.core_start, c.core_start) for r in rows for c in cols]
+    with torch.no_grad():
+        whole = model(image[None])[0]
+    got = tiled_logits(model, image, plan, batch=3)
+    assert (got - whole).abs().max().item() <= 1e-4 * max(1.0, whole.abs().max().item())

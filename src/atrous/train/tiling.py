@@ -137,8 +137,9 @@ class TilePlan:
         return tuple(t - b - a for t, (b, a) in zip(self.tile, self.margin))  # type: ignore[return-value]
 
     def count(self, h: int, w: int) -> int:
+        """Inputs the model runs on (windows that share their input span run once, see ``_groups``)."""
         rows, cols = self.windows(h, w)
-        return len(rows) * len(cols)
+        return len(_groups(rows)) * len(_groups(cols))
 
     def describe(self) -> str:
         if self.whole:
@@ -273,6 +274,19 @@ Region = Callable[[int, int, int, int], torch.Tensor]
 Fill = Callable[[int, int, int, int, torch.Tensor], None]
 
 
+def _groups(windows: list[Window]) -> list[list[int]]:
+    """Indices of consecutive windows that read the same input span. When the image's last core is narrower
+    than the margin after it, the last two windows both end on the image's edge and are the same window: it
+    is computed once and both cores are cut from it."""
+    groups: list[list[int]] = []
+    for i, w in enumerate(windows):
+        if groups and (windows[groups[-1][0]].start, windows[groups[-1][0]].stop) == (w.start, w.stop):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 @torch.no_grad()
 def iter_tiles(
     model: nn.Module,
@@ -288,17 +302,25 @@ def iter_tiles(
     """Each tile's row and column windows and ``keep(core)`` of its kept logits (K, h, w), in row-major order.
 
     Each tile's input is read on its own and its core handed on at once: memory follows the tiles in flight,
-    not the image's width. Consecutive tiles of one shape (across rows too) run as a batch on the model's
-    device. ``fill = (channels, fill)`` writes each input straight into the batch (else ``region`` is
-    stacked). ``on_tile(tiles, pixels)`` is called after each batch (progress), ``on_window(row, col, input)``
-    with each tile's input (previews); ``keep(core)`` turns a core's logits, a view into the batch's output,
+    not the image's width (the one exception, a row of cores cut from the row of windows before it, is
+    narrower than the margin). Consecutive inputs of one shape (across rows too) run as a batch on the
+    model's device. ``fill = (channels, fill)`` writes each input straight into the batch (else ``region`` is
+    stacked). ``on_tile(inputs, pixels)`` is called after each batch (progress), ``on_window(row, col,
+    input)`` with each input (previews); ``keep(core)`` turns a core's logits, a view into the batch's output,
     into what is handed on (class indices, say)."""
     device = next(model.parameters()).device
     row_windows, col_windows = plan.windows(*size)
-    order = [(rw, cw) for rw in row_windows for cw in col_windows]
+    row_groups, col_groups = _groups(row_windows), _groups(col_windows)
+    # One input per (row group, column group), in row-major order; each serves the cores of its groups.
+    order = [(rg, cg) for rg in row_groups for cg in col_groups]
+    later: dict[int, list[tuple[Window, Window, Any]]] = {}  # cores of a row whose window an earlier row ran
 
-    def shape(rc: tuple[Window, Window]) -> tuple[int, int]:
-        return rc[0].stop - rc[0].start, rc[1].stop - rc[1].start
+    def window(unit: tuple[list[int], list[int]]) -> tuple[Window, Window]:
+        return row_windows[unit[0][0]], col_windows[unit[1][0]]
+
+    def shape(unit: tuple[list[int], list[int]]) -> tuple[int, int]:
+        rw, cw = window(unit)
+        return rw.stop - rw.start, cw.stop - cw.start
 
     i = 0
     while i < len(order):
@@ -310,37 +332,62 @@ def iter_tiles(
         ):
             chunk.append(order[i + len(chunk)])
         i += len(chunk)
-        if fill is not None:
-            inputs = torch.empty(len(chunk), fill[0], *shape(chunk[0]))
-            for k, (rw, cw) in enumerate(chunk):
-                fill[1](rw.start, rw.stop, cw.start, cw.stop, inputs[k])
-        else:
-            inputs = torch.stack([region(rw.start, rw.stop, cw.start, cw.stop) for rw, cw in chunk])
-        if on_window is not None:
-            for (rw, cw), x in zip(chunk, inputs):
-                on_window(rw, cw, x)
-        logits = model(inputs.to(device))
-        del inputs
-        kept = [
-            keep(
-                logits[
-                    k,
-                    :,
-                    rw.core_start - rw.start : rw.core_stop - rw.start,
-                    cw.core_start - cw.start : cw.core_stop - cw.start,
-                ]
-                .float()
-                .cpu()
-            )
-            for k, (rw, cw) in enumerate(chunk)
+        logits = _run(model, device, [window(u) for u in chunk], region, on_window, fill)
+        served = [
+            [(r, c, keep(_core(logits[k], row_windows[r], col_windows[c]))) for r in rg for c in cg]
+            for k, (rg, cg) in enumerate(chunk)
         ]
         del logits
         if on_tile is not None:
-            on_tile(
-                len(chunk), sum((r.core_stop - r.core_start) * (c.core_stop - c.core_start) for r, c in chunk)
-            )
-        for (rw, cw), item in zip(chunk, kept):
-            yield rw, cw, item
+            on_tile(len(chunk), sum(_area(row_windows[r], col_windows[c]) for u in served for r, c, _ in u))
+        for (rg, cg), items in zip(chunk, served):
+            for r, c, item in items:
+                if r == rg[0]:
+                    yield row_windows[r], col_windows[c], item
+                else:
+                    later.setdefault(r, []).append((row_windows[r], col_windows[c], item))
+            if cg[-1] == len(col_windows) - 1:  # the row group's last input: the rows it also served follow
+                for r in rg[1:]:
+                    yield from later.pop(r)
+
+
+def _area(rw: Window, cw: Window) -> int:
+    return (rw.core_stop - rw.core_start) * (cw.core_stop - cw.core_start)
+
+
+def _run(
+    model: nn.Module,
+    device: torch.device,
+    windows: list[tuple[Window, Window]],
+    region: Region,
+    on_window: Callable[[Window, Window, torch.Tensor], None] | None,
+    fill: tuple[int, Fill] | None,
+) -> torch.Tensor:
+    """The model's logits on a batch of same-shaped windows, each read (or written by ``fill``) on its own."""
+    if fill is not None:
+        rw, cw = windows[0]
+        inputs = torch.empty(len(windows), fill[0], rw.stop - rw.start, cw.stop - cw.start)
+        for k, (rw, cw) in enumerate(windows):
+            fill[1](rw.start, rw.stop, cw.start, cw.stop, inputs[k])
+    else:
+        inputs = torch.stack([region(rw.start, rw.stop, cw.start, cw.stop) for rw, cw in windows])
+    if on_window is not None:
+        for (rw, cw), x in zip(windows, inputs):
+            on_window(rw, cw, x)
+    return model(inputs.to(device))
+
+
+def _core(logits: torch.Tensor, rw: Window, cw: Window) -> torch.Tensor:
+    """The kept part (K, h, w) of one window's logits, on the CPU in float32."""
+    return (
+        logits[
+            :,
+            rw.core_start - rw.start : rw.core_stop - rw.start,
+            cw.core_start - cw.start : cw.core_stop - cw.start,
+        ]
+        .float()
+        .cpu()
+    )
 
 
 def tiled_logits(model: nn.Module, image: torch.Tensor, plan: TilePlan, batch: int = 4) -> torch.Tensor:
