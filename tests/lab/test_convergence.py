@@ -71,6 +71,15 @@ def test_audit_reads_the_rule_off_the_long_curve() -> None:
     assert row["left_on_table"] == pytest.approx(0.05) and row["health_at_stop"] == IMPROVING
     summary = audit.summarize([row, {**row, "left_on_table": 0.0, "label": "y"}])
     assert summary["within_tolerance"] == 1 and summary["share_within"] == 0.5 and not summary["meets_target"]
+    assert summary["called_converged"] == 0  # both stopped at the cap still improving
+    called = {**row, "health_at_stop": CONVERGED}
+    summary = audit.summarize([called, {**called, "left_on_table": 0.0}, {**row, "left_on_table": 0.0}])
+    assert (summary["called_converged"], summary["converged_within"], summary["within_tolerance"]) == (
+        2,
+        1,
+        2,
+    )
+    assert "Of the 2 runs the rule called converged, 1 are within" in audit.markdown(summary, [called])
 
 
 def test_a_stopped_run_is_the_prefix_of_a_longer_one(tmp_path: Path) -> None:
