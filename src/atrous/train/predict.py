@@ -81,20 +81,26 @@ class Source:
             ) from None
 
 
+def _adapted(channels: int, in_channels: int) -> bool:
+    """Images an RGB model takes anyway: grey (replicated to RGB) and RGBA (alpha dropped)."""
+    return in_channels == 3 and channels in (1, 4)
+
+
+def _channel_error(name: str, channels: int, in_channels: int) -> PredictError:
+    return PredictError(
+        f"{name} has {channels} channels; the model takes {in_channels} (convert the image, or use a model "
+        f"trained on {channels}-channel input)"
+    )
+
+
 def _channels(a: np.ndarray, in_channels: int, name: str) -> np.ndarray:
     """(h, w[, S]) pixels -> (h, w, C): grey replicated and alpha dropped for an RGB model (views if it can)."""
     a = a if a.ndim == 3 else a[:, :, None]
-    if a.shape[2] != in_channels:
-        if in_channels == 3 and a.shape[2] == 1:
-            a = np.broadcast_to(a, (*a.shape[:2], 3))
-        elif in_channels == 3 and a.shape[2] == 4:
-            a = a[:, :, :3]
-        else:
-            raise PredictError(
-                f"{name} has {a.shape[2]} channels; the model takes {in_channels} (convert the image, or use a "
-                f"model trained on {a.shape[2]}-channel input)"
-            )
-    return a
+    if a.shape[2] == in_channels:
+        return a
+    if not _adapted(a.shape[2], in_channels):
+        raise _channel_error(name, a.shape[2], in_channels)
+    return np.broadcast_to(a, (*a.shape[:2], 3)) if a.shape[2] == 1 else a[:, :, :3]
 
 
 def _prepare_into(
@@ -151,9 +157,7 @@ def array_source(
     def fill(y0: int, y1: int, x0: int, x1: int, out: torch.Tensor) -> None:
         _prepare_into(np.asarray(array[y0:y1, x0:x1]), normalization, in_channels, name, out)
 
-    prepared = (
-        in_channels if channels != in_channels and in_channels == 3 and channels in (1, 4) else channels
-    )
+    prepared = in_channels if _adapted(channels, in_channels) else channels
     return Source(name, h, w, channels, read, fill=fill, prepared_channels=prepared)
 
 
@@ -358,10 +362,8 @@ def pieces(
 ) -> Iterator[Piece]:
     """The mask, one tile's core at a time in row-major order; each core's logits become classes (and
     probabilities) at once, so nothing of a row is held."""
-    if source.channels != model.in_channels and not (model.in_channels == 3 and source.channels in (1, 4)):
-        raise PredictError(
-            f"{source.name} has {source.channels} channels; the model takes {model.in_channels}"
-        )
+    if source.channels != model.in_channels and not _adapted(source.channels, model.in_channels):
+        raise _channel_error(source.name, source.channels, model.in_channels)
 
     def keep(core: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         return _classes(core), _probabilities(core) if probabilities else None
