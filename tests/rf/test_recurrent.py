@@ -7,6 +7,10 @@ derivative of an LSTM or RNN output is a sum of positive products (sigmoid', tan
 gradient cancels. A GRU's update gate enters as ``z * h + (1 - z) * n``, whose derivative ``z' * (h - n)`` has
 either sign, so a gradient could vanish by accident: distinct random weights (``random_weights=True``) and a
 union over several inputs keep that from happening unnoticed.
+
+Where the engine over-approximates (a cell stepped in a Python loop and stacked; one direction's features of a
+bidirectional layer), the tests pin the whole row it answers, the prefix or suffix the oracle reads, and the note
+that says so.
 """
 
 from __future__ import annotations
@@ -169,12 +173,16 @@ class PixelCell(nn.Module):
         return hidden.reshape(n, h, w, 3).permute(0, 3, 1, 2)
 
 
-class CellLoop(nn.Module):
-    """An LSTMCell in a Python loop along W, the steps stacked back: the exact support is the row's prefix."""
+CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
-    def __init__(self) -> None:
+
+class CellLoop(nn.Module):
+    """A recurrent cell in a Python loop along W, each step fed the previous state, the steps stacked back: the
+    exact support is the row's prefix."""
+
+    def __init__(self, kind: str = "lstm") -> None:
         super().__init__()
-        self.cell = nn.LSTMCell(2, 3)
+        self.cell = CELLS[kind](2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -182,8 +190,24 @@ class CellLoop(nn.Module):
         state, outs = None, []
         for t in range(w):
             state = self.cell(seq[t], state)
-            outs.append(state[0])
+            outs.append(state[0] if isinstance(state, tuple) else state)
         return torch.stack(outs).reshape(w, n, h, -1).permute(1, 3, 2, 0)
+
+
+class OneDirection(nn.Module):
+    """The features of one direction of a bidirectional LSTM along W: forward (``out[..., :hidden]``, steps
+    <= t with one layer) or backward (``out[..., hidden:]``, steps >= t)."""
+
+    def __init__(self, half: str, layers: int = 1) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(2, 3, num_layers=layers, batch_first=True, bidirectional=True)
+        self.half = half
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y, _ = self.rnn(x.permute(0, 2, 3, 1).reshape(n * h, w, c))
+        y = y[..., :3] if self.half == "forward" else y[..., 3:]
+        return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -211,6 +235,10 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "initial_state": (InitialState, (2, 4, 5)),
     "final_state": (FinalState, (2, 4, 5)),
     "pixel_cell": (PixelCell, (2, 4, 5)),
+    # Two layers: the second layer's forward direction reads the first's backward features, so either half
+    # reads the whole row, as the engine says.
+    "bi_forward_half_2layers": (lambda: OneDirection("forward", layers=2), (2, 4, 5)),
+    "bi_backward_half_2layers": (lambda: OneDirection("backward", layers=2), (2, 4, 5)),
 }
 
 
@@ -266,18 +294,50 @@ def test_recorded_as_one_call_per_layer() -> None:
     assert report.graph.recorded_on == "meta"
 
 
-def test_cell_loop_is_sound() -> None:
-    """A cell stepped in a Python loop and stacked: the stack's pieces lose their step index (each is a
-    selection of one column), so the engine reports the whole row where the truth is the prefix; it must
-    never miss a pixel."""
+def _assert_row_with_a_note(model: nn.Module, shape: tuple[int, ...], truth: Callable[[int], range]) -> None:
+    """The engine answers the whole row and says it approximates; the oracle reads ``truth(column)`` of the
+    row, never more (the note's claim), and the engine never misses a pixel of it."""
     torch.manual_seed(0)
-    model, shape = CellLoop(), (2, 4, 5)
     report = analyze(model, shape)
-    for index in sorted(_probes((4, 5))):
+    out = report.outputs[0]
+    assert any(n.startswith("approximate") for n in out.notes), out.notes
+    for index in sorted(_probes(out.shape[2:])):
         expected = gradient_support(model, shape, index, random_weights=True, inputs=2)
         got = report.support(index)
         assert not (expected & ~got).any(), f"under-reach at {index}"
         assert got[index[0]].all() and got.sum() == shape[2]  # the row, nothing else
+        columns = list(truth(index[1]))
+        assert np.flatnonzero(expected[index[0]]).tolist() == columns and expected.sum() == len(columns)
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_cell_loop_over_approximates_and_says_so(kind: str) -> None:
+    """A cell stepped in a Python loop and stacked: the stack's pieces carry no step index (each is a selection
+    of one column), so the engine reports the whole row where the truth is the prefix, and says so."""
+    shape = (2, 4, 5)
+    _assert_row_with_a_note(CellLoop(kind), shape, lambda w: range(w + 1))
+    out = analyze(CellLoop(kind), shape).outputs[0]
+    assert sum("stacked back along W" in n for n in out.notes) == 1, "one note for the whole loop"
+
+
+def test_cell_on_each_pixel_needs_no_note() -> None:
+    """A cell on every pixel at once (no loop, no state) is exact: no approximation to report."""
+    assert not any("approx" in n for n in analyze(PixelCell(), (2, 4, 5)).outputs[0].notes)
+
+
+@pytest.mark.parametrize("half", ["forward", "backward"])
+def test_one_direction_of_a_bidirectional_layer_over_approximates_and_says_so(half: str) -> None:
+    """The features of one direction read a prefix (forward) or a suffix (backward) of the row; the engine
+    tracks features in dim 1 only, so a slice of the last dim keeps the whole row, and the report says so."""
+    w = 5
+    truth = (lambda t: range(t + 1)) if half == "forward" else (lambda t: range(t, w))
+    _assert_row_with_a_note(OneDirection(half), (2, 4, w), truth)
+
+
+def test_stacked_bidirectional_layers_need_no_direction_note() -> None:
+    """With two layers every feature reads the whole axis, so no slice can be narrower: no such note."""
+    notes = analyze(OneDirection("forward", layers=2), (2, 4, 5)).outputs[0].notes
+    assert not any("approx" in n for n in notes), notes
 
 
 def test_wrong_feature_count_names_the_layer() -> None:

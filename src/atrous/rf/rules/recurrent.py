@@ -20,6 +20,12 @@ support is the union over them.
 
 The final states ``h_n`` (and ``c_n``) read the whole sequence; an initial state derived from the input is read
 by every step.
+
+Two over-approximations the rules cannot see coming, so they say them up front (an "approximate" note): one
+direction's features of a single bidirectional layer (``out[..., :hidden]``: a prefix, or a suffix) sliced out
+of the last dim, which the engine does not track, keep the whole axis; and a cell (``nn.LSTMCell`` ...) stepped
+in a Python loop over an axis, its steps stacked back, reads the whole axis at every step instead of the prefix
+(the stack cannot tell which step each piece was).
 """
 
 from __future__ import annotations
@@ -92,6 +98,34 @@ def _batch_locs(layout: Layout, dim: int, out_dim: int) -> dict[int, Loc]:
     }
 
 
+def _one_direction_note(ctx: Ctx, axes: list[str]) -> str:
+    """The features of one direction alone (``out[..., :hidden]``) read only a prefix or a suffix of the axis,
+    but the engine tracks feature ranges in dim 1 only, and the features here are the last dim: a slice of them
+    keeps the whole axis. Only a single layer has such halves: a second layer's forward direction reads the
+    first layer's backward features, hence the whole axis."""
+    where = ", ".join(axes)
+    return (
+        f"approximate where one direction's features are taken alone: a bidirectional recurrent layer runs "
+        f"along {where}; its forward features read only steps <= t and its backward ones steps >= t, but a "
+        f"slice of them is shown reading the whole axis ({ctx.where})"
+    )
+
+
+def _stepped_note(ctx: Ctx, axes: list[str]) -> str:
+    """A cell stepped in a Python loop over an axis sees one position per step (its input carries no index of
+    the axis) and the previous step's state: step t reads positions <= t. Stacking the steps back along the
+    axis merges tensors that carry no index of it, so each stacked position is shown reading every step's
+    positions (the whole axis)."""
+    where = ", ".join(axes)
+    # One note for the whole loop, not one per step: the recorder names the k-th call of a module "name#k".
+    module = ctx.call.module.rpartition("#")[0] or ctx.call.module or "<model>"
+    return (
+        f"approximate where the steps are stacked back along {where}: a recurrent cell fed its previous state "
+        f"steps over positions of {where}; step t reads only positions <= t, but a stack of the steps is shown "
+        f"reading the positions of every step ({ctx.call.packet} at module '{module}', every call)"
+    )
+
+
 @rule("aten.lstm", "aten.gru", "aten.rnn_tanh", "aten.rnn_relu")
 def _recurrent(ctx: Ctx) -> list[Effect]:
     a = ctx.call.args
@@ -154,6 +188,8 @@ def _recurrent(ctx: Ctx) -> list[Effect]:
                 f"global: a recurrent layer runs along {', '.join(names[axis] for axis in seq_axes)} "
                 f"({kind}; {ctx.where})"
             )
+        if sequence and a["bidirectional"] and a["num_layers"] == 1:
+            notes.append(_one_direction_note(ctx, [names[axis] for axis in seq_axes]))
         if features:
             notes.append(
                 f"global: {', '.join(names[axis] for axis in features)} is read through the features of a "
@@ -188,9 +224,15 @@ def _cell(ctx: Ctx) -> list[Effect]:
     names = AXIS_NAMES.get(n_axes, ("?",) * 3)
     deps = _state_deps(ctx, sources, batch, 0, 0)
     mixed = {axis for dep in deps for axis in dep.axes}
-    notes = [
-        f"global: {', '.join(names[axis] for axis in sorted(mixed))} is read through the features of a "
-        f"recurrent cell ({ctx.where})"
-    ]
+    notes = []
+    if mixed:
+        notes.append(
+            f"global: {', '.join(names[axis] for axis in sorted(mixed))} is read through the features of a "
+            f"recurrent cell ({ctx.where})"
+        )
+    x = a["input"]
+    stepped = [] if x.node is None else [names[axis] for axis, loc in enumerate(ctx.layout(x)) if loc is None]
+    if stepped and any(t is not x for t in sources):
+        notes.append(_stepped_note(ctx, stepped))
     layout: Layout = tuple(batch.get(axis) for axis in range(n_axes))
-    return [Effect(L.with_sizes(layout, shape), deps, notes if mixed else []) for shape in ctx.out_shapes]
+    return [Effect(L.with_sizes(layout, shape), deps, notes) for shape in ctx.out_shapes]

@@ -122,8 +122,28 @@ def _pixel_shuffle(ctx: Ctx) -> list[Effect]:
     return spatial_op(ctx, 2, lambda i, n_in, n_out: shuffle, MERGE)
 
 
+BLOCK_NOTE = (
+    "approximate: {where} moves the positions of each {r}x{r} block into channels and the engine keeps, per "
+    "channel, the whole block: exact once a later op mixes those channels (a convolution, a Linear), an "
+    "over-approximation where an output reads single block positions (pixel_shuffle back, a depthwise op, "
+    "a channel slice)"
+)
+
+
 @rule("aten.pixel_unshuffle")
 def _pixel_unshuffle(ctx: Ctx) -> list[Effect]:
+    """Channel ``c * r * r + i * r + j`` of block ``(h, w)`` holds input ``(h * r + i, w * r + j)`` of channel
+    ``c``. The channel-segment propagation has no relation for "output channel k reads input channel
+    k // (r * r) at block position k % (r * r)", so every channel carries the whole block, and the rule says so.
+
+    Following the positions exactly, as digits of H and W in the channel dim (what the view rules do for
+    space-to-depth written as views), was tried: it makes the unshuffle-shuffle round trip exact, but an output
+    that keeps digits in channels after its grid shrank to one pixel (a global pool straight after the
+    unshuffle) is then addressed by axis coordinates in ``RFReport.support`` and under-reaches."""
     r = int(ctx.call.args["downscale_factor"])
     unshuffle = AxisRule(AxisMap.affine(r, Offsets.interval(0, r - 1)))
-    return spatial_op(ctx, 2, lambda i, n_in, n_out: unshuffle, MERGE)
+    effects = spatial_op(ctx, 2, lambda i, n_in, n_out: unshuffle, MERGE)
+    if r > 1:
+        for effect in effects:
+            effect.notes.append(BLOCK_NOTE.format(where=ctx.where, r=r))
+    return effects
