@@ -179,10 +179,7 @@ def suggest(
     if not have:
         raise SuggestError(f"no objects of the classes asked for in {objs.images} masks of {objs.name}")
     skipped = [objs.class_names[k] for k in wanted if k not in have]
-    sub = DatasetObjects(
-        objs.name, objs.class_names, objs.channels, have, [f for f in objs.found if f.obj.label in have],
-        objs.sizes, objs.pixels, objs.per_image,
-    )  # fmt: skip
+    sub = objs.only(have)
     needs = {objs.class_names[k]: needed_window(sub, k, target, margin, anchor) for k in have}
     thin = {objs.class_names[k]: needed_thickness(sub.of_class(k), target) for k in have}
     pool = candidates(max(needs.values()), min(min(s) for s in at.values()))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,10 @@ class DatasetObjects:
 
     def of_class(self, k: int) -> list[Found]:
         return [f for f in self.found if f.obj.label == k]
+
+    def only(self, classes: list[int]) -> DatasetObjects:
+        """The same dataset with the objects of ``classes`` alone (what coverage then checks and reports)."""
+        return replace(self, classes=list(classes), found=[f for f in self.found if f.obj.label in classes])
 
     def measure(self, found: list[Found], what: str) -> np.ndarray:
         if what == "diameter":

@@ -21,11 +21,12 @@ from atrous.lab.presets import Preset
 from atrous.lab.report import Section, Table
 from atrous.lab.stats import NOT_CONVERGED, compare_paired, judge
 from atrous.models.registry import create_model
-from atrous.rf import analyze, schedule
+from atrous.rf import schedule
 
 KEY = "ex5"
 TOLERANCE = 0.01
 COVERAGE_MASKS = 32  # masks of the task whose small objects the coverage column counts
+SMALL = 1  # the label of the task's small objects (scale: 1 small, 2 large)
 
 
 def data_spec(p: Preset, small: int) -> str:
@@ -130,15 +131,15 @@ def sweep(p: Preset, small: int, seeds: list[int], results: dict) -> tuple[list,
     data = data_spec(p, small)
     # `data stats` coverage under the lab's criterion (every pixel of a small object sees it and one pixel
     # beyond), on the first masks of the task: what the RF alone lets a model see, next to what it learned.
-    objs = scan(build_dataset(data), limit=COVERAGE_MASKS, progress=False)
+    objs = scan(build_dataset(data), limit=COVERAGE_MASKS, progress=False).only([SMALL])
     rows, miou, points, healthy = [], {}, [], {}
     for rf in p.ex5_rfs:
         spec = stack_spec(p, rf)
         per_seed = common.runs(results, p, spec, data, seeds)
-        model = create_model(spec, num_classes=3)
-        covered = coverage(objs, ModelView(model, spec, 3), margin=1, anchor="every")["classes"][1]
-        report = analyze(model, (3, p.size, p.size)).outputs[0]
-        est, small_iou = common.estimate(per_seed, "miou"), common.estimate(per_seed, "iou:1")
+        view = ModelView(create_model(spec, num_classes=3), spec, 3)
+        covered = coverage(objs, view, margin=1, anchor="every")["classes"][SMALL]
+        report = view.report((p.size, p.size)).outputs[0]
+        est, small_iou = common.estimate(per_seed, "miou"), common.estimate(per_seed, f"iou:{SMALL}")
         miou[rf] = common.final(per_seed, "miou")
         healthy[rf] = common.healthy(per_seed)
         img_s, gflops = common.speed(per_seed), per_seed[0]["flops"] / 1e9
