@@ -37,10 +37,7 @@ from oracle import positive_copy
 # the issue named first (VOLO, TResNet, Sequencer2d, XCiT, GhostNetV2, Encodec) and EdgeNeXt / MobileViTv2
 # pass since 2026-12-01 and are checked like every other model.
 KNOWN_GAPS = {
-    "gcvit_xxtiny": "aten.add of tensors whose spatial axes sit in different dims",
-    "nextvit_small": "average pooling on a dim that a view merged with another (E-MHSA)",
     "inception_next_atto": "analysis takes 10-30 s (unions of terms in algebra.union_terms)",
-    "MAnet/resnet18": "aten.add of tensors whose spatial axes sit in different dims (the decoder centre)",
 }
 
 

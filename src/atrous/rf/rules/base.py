@@ -197,19 +197,27 @@ def spatial_op(
         for d, r in op_rules.items()
         if r.finite is None and r.periodic == IDENTITY and shape[d] == out_size[d]
     }
+    # Channels that stay where they are keep any axis living there (tokens as channels of a pooling).
+    keeps_channels = first < 1 or (channels.kind == "same" and shape[first - 1] == out_shape[first - 1])
+    blocks: dict[int, tuple[L.Loc | L.Split | None, AxisRule, bool]] = {}
     for d in sorted(set(op_rules) - still):
-        _axis_in_dim(ctx, layout, d, shape[d])  # refuses a dim that mixes an axis with others
+        if not _mixes_axes(layout, d, shape[d]):
+            continue
+        reach = (set(op_rules) - still - {d}) | (set() if keeps_channels else {first - 1})
+        blocks.update(_block_digits(ctx, layout, shape, d, op_rules[d], reach))
 
     def op_rule(d: int) -> AxisRule:
         return op_rules[d]
 
-    # Channels that stay where they are keep any axis living there (tokens as channels of a pooling).
-    keeps_channels = first < 1 or (channels.kind == "same" and shape[first - 1] == out_shape[first - 1])
     rules, new, notes = {}, [], []
     for axis, loc in enumerate(layout):
         dims = L.dims_of(loc) if loc is not None else set()
         moved = dims & (set(op_rules) - still) or (first - 1 in dims and not keeps_channels)
-        if not moved:
+        if axis in blocks:
+            placed, rules[axis], exact = blocks[axis]
+            new.append(placed)
+            notes += _block_notes(ctx, AXIS_NAMES.get(len(layout), ("?",) * 3)[axis], rules[axis], exact)
+        elif not moved:
             new.append(loc)
         elif isinstance(loc, L.Loc) and loc.plain and loc.dim >= first:
             rules[axis] = op_rule(loc.dim)
@@ -236,6 +244,60 @@ def spatial_op(
     deps = [Dep(x, rules, channels)]
     deps += [reads_whole(t, ctx.layout(t)) for t in ctx.call.inputs[1:] if t.node is not None]
     return [Effect(out_layout, deps, list(notes)) for _ in ctx.out_shapes]
+
+
+def _mixes_axes(layout: Layout, d: int, size: int) -> bool:
+    """Whether ``d`` holds an axis together with other dims' indexes (a view merged them), so that an op along
+    ``d`` cannot be read as an op along one axis."""
+    try:
+        L.axis_at_dim(layout, d)
+    except ValueError:
+        return L.sole_digit(layout, d, size) is None
+    return False
+
+
+def _block_digits(
+    ctx: Ctx, layout: Layout, shape: tuple[int, ...], d: int, op: AxisRule, reach: set[int]
+) -> dict[int, tuple[L.Loc | L.Split | None, AxisRule, bool]]:
+    """An op along a dim that a view merged from several (NextViT's spatial reduction: an average pooling of
+    kernel = stride = k over flattened tokens). When the op reads disjoint blocks of ``k`` indexes it is the view
+    ``n -> (n // k, n % k)`` followed by a reduction over ``n % k``, which the digits follow exactly: a block of
+    whole rows pools the row digit and reads the column digit whole. An axis whose digits a block boundary cuts
+    off-grid is read whole. Per axis living in ``d``: its output placement, its rule and whether it is exact."""
+    n, m = shape[d], ctx.out_shapes[0][d + len(ctx.out_shapes[0]) - len(shape)]
+    k = n // m
+    if op.finite is not None or n != k * m or op.periodic != AxisMap.affine(k, Offsets.of(range(k))):
+        raise ctx.unsupported(MIXED_DIM.format(d=d) + " (only disjoint blocks of it can be followed)")
+    split = (*shape[:d], m, k, *shape[d + 1 :])
+    moved, dropped, lost = L.reshape(layout, shape, split)
+    found = {}
+    for axis, loc in enumerate(layout):
+        if loc is None or d not in L.dims_of(loc):
+            continue
+        if L.dims_of(loc) & reach:
+            raise ctx.unsupported(MIXED_DIM.format(d=d))
+        if axis in dropped:
+            found[axis] = (None, BROADCAST_RULE, True)
+        elif axis in lost:
+            found[axis] = (None, GLOBAL_RULE, False)
+        else:
+            parts = L.parts_of(moved[axis])
+            kept = tuple(p for p in parts if p.dim != d + 1)
+            rule_ = digit_rule(parts, kept, {p.weight for p in parts if p.dim == d + 1})
+            placed = [Part(p.dim - (p.dim > d), p.inner, p.size, p.weight) for p in kept]
+            found[axis] = (L.from_parts(placed, ctx.out_shapes[0]), rule_, True)
+    return found
+
+
+def _block_notes(ctx: Ctx, name: str, rule_: AxisRule, exact: bool) -> list[str]:
+    if not exact:
+        return [
+            f"approximate: {ctx.where} reads blocks of a dim that merges axis {name} with other dims, and the "
+            "blocks do not line up with its rows; every block is taken to read the whole axis"
+        ]
+    if rule_.periodic.is_global:
+        return [f"global: {ctx.where} reads whole rows of {name} (blocks of flattened positions)"]
+    return []
 
 
 def _follow_digits(
@@ -342,6 +404,8 @@ def digits_rule(src: tuple[Part, ...], out: tuple[Part, ...], how: dict[int, Axi
     h = how.get(top.weight)
     if h == FREE or top.weight not in out_size:
         return GLOBAL_RULE if whole().all() else AxisRule(AxisMap.constant(GLOBAL), finite)
+    if any(w > top.weight for w in out_size):
+        return _above_top(src, out, related, finite)
     step = h.periodic if isinstance(h, AxisRule) else IDENTITY
     low = related(src[:-1], tuple(q for q in out if q.weight < top.weight))
     w_out, w_in = low.shape
@@ -357,6 +421,21 @@ def digits_rule(src: tuple[Part, ...], out: tuple[Part, ...], how: dict[int, Axi
     if periodic == IDENTITY and np.array_equal(whole(), np.eye(len(whole()), dtype=bool)):
         return IDENTITY_RULE
     return AxisRule(periodic, finite)
+
+
+def _above_top(
+    src: tuple[Part, ...],
+    out: tuple[Part, ...],
+    related: Callable[[tuple[Part, ...], tuple[Part, ...]], np.ndarray],
+    finite: Callable[[int, int], np.ndarray],
+) -> AxisRule:
+    """The output also indexes digits coarser than any of the source's (a window index taken from another
+    operand, while the source is a window-sized map such as GCViT's global query): those digits leave the source
+    index alone, so the map repeats with the output's finer positions as its period and never advances."""
+    finer = tuple(q for q in out if q.weight <= src[-1].weight)
+    low = related(src, finer)
+    phases = tuple(Offsets.of(np.flatnonzero(row).tolist()) for row in low)
+    return AxisRule(AxisMap(len(phases), 0, phases).normalized(), finite)
 
 
 def digit_rule(src: tuple[Part, ...], out: tuple[Part, ...], free: set[int]) -> AxisRule:
@@ -378,10 +457,6 @@ def digit_rule(src: tuple[Part, ...], out: tuple[Part, ...], free: set[int]) -> 
             overlap = a.weight < b.weight * b.size and b.weight < a.weight * a.size
             if (same and a.size != b.size) or (overlap and not same):
                 raise ValueError("the tensors split a spatial axis into different digits")
-    top = max(src, key=lambda p: p.weight)
-    outs = {p.weight for p in out}
-    if top.weight not in free and top.weight in outs and top.weight != max(outs):
-        raise ValueError("the output indexes a coarser digit than the source")
     return digits_rule(src, out, {w: FREE for w in free})
 
 

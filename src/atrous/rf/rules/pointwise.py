@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from math import prod
+
+import numpy as np
+
 from atrous.rf import layout as L
 from atrous.rf.graph import TensorArg
 from atrous.rf.layout import Loc, Part, Split
 from atrous.rf.rules.base import (
+    AXIS_NAMES,
     BROADCAST_RULE,
+    GLOBAL_RULE,
     AxisRule,
     Ctx,
     Dep,
@@ -14,6 +20,7 @@ from atrous.rf.rules.base import (
     channels_of,
     digits_rule,
 )
+from atrous.rf.support import GLOBAL, AxisMap
 
 
 def pointwise_over(ctx: Ctx, inputs: list[TensorArg]) -> list[Effect]:
@@ -39,36 +46,90 @@ def pointwise_over(ctx: Ctx, inputs: list[TensorArg]) -> list[Effect]:
                 claims.setdefault(axis, []).append((i, L.move(loc, shift)))
         deps.append(Dep(t, rules))
     placed: list[Loc | Split | None] = [None] * n_axes
+    notes: list[str] = []
     for axis in range(n_axes):
         if axis not in claims:
             placed[axis] = weak.get(axis)
             continue
-        placed[axis] = _richest(ctx, [loc for _, loc in claims[axis]])
+        locs = [loc for _, loc in claims[axis]]
+        richest = _richest(locs)
+        placed[axis] = richest or _owner(locs)
         for i, loc in claims[axis]:
-            if loc != placed[axis]:
+            if loc == placed[axis]:
+                continue
+            if richest is not None:
                 deps[i].axes[axis] = _subset_rule(loc, placed[axis])
+            else:
+                deps[i].axes[axis] = _crossed_rule(loc, placed[axis], out_shape)
+                notes.append(_crossed_note(ctx, axis, n_axes))
     layout = L.with_sizes(tuple(placed), out_shape)
     for dep in deps:
         dep.channels = channels_of(ctx, dep.source, out_shape, layout)
-    return [Effect(layout, deps) for _ in ctx.out_shapes]
+    return [Effect(layout, deps, list(dict.fromkeys(notes))) for _ in ctx.out_shapes]
 
 
 def _key(p: Part) -> tuple[int, int, int]:
     return p.dim, p.inner, p.size
 
 
-def _richest(ctx: Ctx, locs: list[Loc | Split]) -> Loc | Split:
+def _richest(locs: list[Loc | Split]) -> Loc | Split | None:
     """The placement whose digits include every other placement's digits (same dim, step and size). A tensor
     whose reduction over in-window tokens kept its window index (a norm within each window) reads only the
-    window digits of the tensor it is combined with; anything else is two incompatible views of one axis."""
+    window digits of the tensor it is combined with; anything else (None) is two incompatible views of one
+    axis."""
     for cand in locs:
         have = {_key(p) for p in L.parts_of(cand)}
         if all({_key(p) for p in L.parts_of(loc)} <= have for loc in locs) and not (
             isinstance(cand, Loc) and any(isinstance(o, Loc) and o.offset != cand.offset for o in locs)
         ):
             return cand
-    raise ctx.unsupported(
-        "combines tensors whose spatial axes sit in different dims; reshape both to the same layout first"
+    return None
+
+
+def _owner(locs: list[Loc | Split]) -> Loc | Split:
+    """The output's placement when the inputs' placements are incompatible: an axis that owns its dim, the
+    longest otherwise (the residual branch of MAnet's position attention, whose attention output a row-major
+    reshape scattered into the channels)."""
+    return max(locs, key=lambda loc: (isinstance(loc, Loc) and loc.plain and not loc.offset, loc.size))
+
+
+ENUMERATION_LIMIT = 1 << 20  # elements enumerated to relate two placements; beyond it, read whole
+
+
+def _crossed_rule(loc: Loc | Split, placed: Loc | Split, shape: tuple[int, ...]) -> AxisRule:
+    """Output index ``u`` (along ``placed``) reads every index of ``loc`` that some element of the output with
+    index ``u`` holds: enumerated over the dims either placement lives in. Exact per axis; as the other axes
+    and the channels are related separately, the product over-approximates where the placements disagree."""
+    dims = sorted(L.dims_of(loc) | L.dims_of(placed))
+    count = prod(shape[d] for d in dims)
+    if any(isinstance(x, Loc) and x.offset for x in (loc, placed)) or count > ENUMERATION_LIMIT:
+        return GLOBAL_RULE
+    grid = np.indices([shape[d] for d in dims]).reshape(len(dims), -1)
+    at = dict(zip(dims, grid))
+    rel = np.zeros((placed.size, loc.size), dtype=bool)
+    rel[_index(placed, at), _index(loc, at)] = True
+    if rel.all():
+        return GLOBAL_RULE
+
+    def finite(n_in: int, n_out: int) -> np.ndarray:
+        if rel.shape != (n_out, n_in):
+            raise AssertionError(f"a crossed rule of shape {rel.shape} was asked for {(n_out, n_in)}")
+        return rel
+
+    return AxisRule(AxisMap.constant(GLOBAL), finite)
+
+
+def _index(loc: Loc | Split, at: dict[int, np.ndarray]) -> np.ndarray:
+    """The axis index the elements with dim indexes ``at`` hold."""
+    parts = L.parts_of(loc)
+    return sum(((at[p.dim] // p.inner) % p.size) * w for p, w in zip(parts, L.current_weights(parts)))
+
+
+def _crossed_note(ctx: Ctx, axis: int, n_axes: int) -> str:
+    name = AXIS_NAMES.get(n_axes, ("?",) * 3)[axis]
+    return (
+        f"approximate: {ctx.where} combines tensors that place axis {name} in different dims; each output "
+        f"reads the union over the elements that share its {name} index (exact when that input is global)"
     )
 
 

@@ -49,6 +49,10 @@ def _product_effect(
             )
             if out_loc[axis] is None and cand is not None:
                 out_loc[axis], out_parts[axis] = cand, kept
+            elif cand is not None:
+                out_parts[axis] = _with_coarser(out_loc[axis], out_parts[axis], kept, len(out_shape) - 2)
+                if len(out_parts[axis]) > len(L.parts_of(out_loc[axis])):
+                    out_loc[axis] = L.from_parts(list(out_parts[axis]), out_shape)
             per_axis[axis] = (parts, kept, summed)
         moved.append(per_axis)
     deps, notes = [], []
@@ -73,6 +77,30 @@ def _product_effect(
                 )
         deps.append(Dep(t, rules, MIX))
     return Effect(L.with_sizes(tuple(out_loc), out_shape), deps, list(dict.fromkeys(notes)))
+
+
+def _with_coarser(
+    placed: Loc | Split, parts: tuple[Part, ...], kept: tuple[Part, ...], batch: int
+) -> tuple[Part, ...]:
+    """The output's digits of an axis, plus those a later operand keeps in a batch dim (before ``batch``) that
+    are coarser than all of them and overlap none in place: GCViT's global query is one window-sized map
+    shared by every window, so the query rows index the in-window position and the keys add the window, which
+    they keep in the batch dim. An output element holds each of these digits exactly, so every operand then
+    reads the digits it has, exactly (without them, the keys were read whole). Token axes with extra tokens
+    are left as they are."""
+    if isinstance(placed, Loc) and placed.offset:
+        return parts
+    out = list(parts)
+    for p in sorted(kept, key=lambda p: p.weight):
+        if p.dim < batch and all(p.weight >= q.weight * q.size and not _clash(p, q) for q in out):
+            out.append(p)
+    return tuple(out)
+
+
+def _clash(p: Part, q: Part) -> bool:
+    """Whether two digits overlap in the axis (their weight ranges) or in a dim (their index ranges)."""
+    in_axis = p.weight < q.weight * q.size and q.weight < p.weight * p.size
+    return in_axis or (p.dim == q.dim and p.inner < q.inner * q.size and q.inner < p.inner * p.size)
 
 
 def _matmul_effect(ctx: Ctx, left: TensorArg, right: TensorArg, bias: TensorArg | None) -> list[Effect]:
