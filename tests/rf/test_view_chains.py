@@ -457,3 +457,14 @@ def test_pixel_unshuffle_then_a_channel_mixing_conv_is_exact() -> None:
     for index in [(0, 0), (3, 2), (7, 5)]:
         assert np.array_equal(out.support(index), gradient_support(model, shape, index)), index
     assert out.support((3, 2)).sum() == 36
+
+
+def test_a_reshape_whose_dims_cut_a_digit_off_grid_loses_the_axis_soundly() -> None:
+    """(6, 8) -> (4, 12): the new W dim (12) holds all of W (8) and the low bits of H, so neither H nor W can
+    be read from it. Was: W kept as if the new dim were W, an under-reach, and support((0, 8)) raised."""
+    model = _Fn(lambda x: x.reshape(x.shape[0], x.shape[1], 4, 12) * 2)
+    report = analyze(model, (1, 6, 8))
+    assert report.outputs[0].notes, "the lost axes must be said"
+    for index in [(0, 0), (1, 0), (0, 8), (3, 11)]:
+        got, want = report.support(index), gradient_support(model, (1, 6, 8), index)
+        assert not (want & ~got).any(), f"under-reach at {index}"

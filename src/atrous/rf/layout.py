@@ -224,7 +224,9 @@ def _split_part(
         lower, upper = max(step, st), min(top, st * size)
         if size == 1 or lower >= upper:
             continue
-        if lower % step or lower % st or upper % lower:
+        # On grid: the piece starts on a digit boundary of both, and the new dim ends on one of the piece's
+        # (a dim of 12 over a digit of 8 would mix the next digit's low bits into its top values).
+        if lower % step or lower % st or upper % lower or (st * size) % upper:
             return None
         pieces.append(Part(d, lower // st, upper // lower, p.weight * (lower // step)))
     return pieces if prod(q.size for q in pieces) == p.size else None
