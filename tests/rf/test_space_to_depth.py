@@ -266,3 +266,33 @@ def test_a_real_kernel_on_a_dim_that_merges_both_axes_is_refused_by_name() -> No
         UnsupportedOpError, match=r"aten\.convolution at module '1': dim 3 mixes a spatial axis"
     ):
         analyze(model, (2, 8, 12))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("space-to-depth of a 2-row image (grid height 1)", (4, 2, 8)),
+        ("space-to-depth, then a global mean", (2, 6, 8)),
+    ],
+)
+def test_a_grid_dim_of_size_one_still_holds_the_digits_in_channels(name: str, shape: tuple[int, ...]) -> None:
+    """Was an under-reach: when the grid dim an axis left shrank to size 1, the output was addressed by axis
+    coordinates, and its one grid pixel was taken to hold block position 0 only (1 px for 4; 12 px for 48)."""
+    model = _Lambda(
+        lambda x: space_to_depth(x, 2).mean((2, 3), keepdim=True) if "mean" in name else space_to_depth(x, 2)
+    )
+    report = analyze(model, shape)
+    out_hw = report.outputs[0].shape[2:]
+    for index in itertools.product(*(range(n) for n in out_hw)):
+        got, want = report.support(index), gradient_support(model, shape, index)
+        assert not (want & ~got).any(), f"{name}: under-reach at {index}"
+        assert np.array_equal(got, want), f"{name}: {int(got.sum())} px, oracle {int(want.sum())} at {index}"
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)

@@ -341,7 +341,10 @@ class RFReport:
             raise InputShapeError(f"support index {tuple(index)} needs {len(layout)} spatial coordinates")
         first = len(shape) - len(index)
         held = {p.dim for loc in layout if loc is not None for p in L.parts_of(loc)}
-        if all(d in held for d in range(first, len(shape))):
+        # Digits kept in channels (space-to-depth) leave a grid dim of size 1 holding none of an axis: that grid
+        # position still holds every block position of its channels, so it is read as the tensor lays it out.
+        in_channels = any(d < first for d in held)
+        if all(d in held or (in_channels and shape[d] == 1) for d in range(first, len(shape))):
             sizes = shape[first:]
             at = {first + a: i for a, i in enumerate(index)}
         else:
