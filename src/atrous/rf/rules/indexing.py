@@ -333,3 +333,16 @@ def _read_mixed_dim_whole(ctx: Ctx, layout: L.Layout, d: int, rules: dict, notes
         "one; the axes it holds are taken as read whole"
     )
     return True
+
+
+@rule("aten.embedding")
+def _embedding(ctx: Ctx) -> list[Effect]:
+    """A lookup table (``F.embedding``, a codebook): position ``p`` of the output, ``(*indices.shape, D)``, is the
+    table's row ``indices[p]``, so it reads the index at ``p`` alone; the indices' layout carries over and the
+    row is a new last dim. Which row depends on the index's value, not its position: the receptive field of the
+    output is the index's. A table computed from the input would be read whole at every position: refused."""
+    a = ctx.call.args
+    weight, indices = a["weight"], a["indices"]
+    if weight.node is not None:
+        raise ctx.unsupported("a lookup table computed from the input (every position would read all of it)")
+    return [Effect(L.with_sizes(ctx.layout(indices), ctx.out_shapes[0]), [Dep(indices, {}, MERGE)])]
