@@ -36,9 +36,7 @@ from oracle import positive_copy
 # Refused (or too slow) today: gaps of issue 19 still open; the suite says when they start passing. The ones
 # the issue named first (VOLO, TResNet, Sequencer2d, XCiT, GhostNetV2, Encodec) and EdgeNeXt / MobileViTv2
 # pass since 2026-12-01 and are checked like every other model.
-KNOWN_GAPS = {
-    "inception_next_atto": "analysis takes 10-30 s (unions of terms in algebra.union_terms)",
-}
+KNOWN_GAPS = {}
 
 
 @dataclass(frozen=True)

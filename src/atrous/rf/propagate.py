@@ -8,13 +8,14 @@ in the periodic algebra the classes of paths by window centre that decide alignm
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from math import ceil
 
 from atrous.errors import AnalysisTooLargeError, UnsupportedOpError
 from atrous.rf import layout as L
-from atrous.rf.algebra import Algebra, Term, same_terms, union_terms
+from atrous.rf.algebra import Algebra, Term, same_terms, union_of
 from atrous.rf.graph import Graph, OpCall
 from atrous.rf.layout import Layout
 from atrous.rf.rules import AXIS_NAMES, Channels, Ctx, Effect, Options, rule_for
@@ -35,7 +36,7 @@ def map_channels(alg: Algebra, segments: list[Segment], ch: Channels, c_in: int,
     if ch.kind == "same" and c_in == c_out:
         return [Segment(s.start, s.stop, s.terms) for s in segments]
     if ch.kind in ("same", "mix", "merge"):
-        return [Segment(0, c_out, union_terms(alg, [t for s in segments for t in s.terms]))]
+        return [Segment(0, c_out, union_of(alg, [s.terms for s in segments]))]
     if ch.kind == "groups":
         g = ch.a
         out: list[Segment] = []
@@ -48,7 +49,7 @@ def map_channels(alg: Algebra, segments: list[Segment], ch: Channels, c_in: int,
                 out[-1] = Segment(out[-1].start, stop, out[-1].terms)
                 continue
             read_before = read
-            terms = union_terms(alg, [t for k in read for t in segments[k].terms])
+            terms = union_of(alg, [segments[k].terms for k in read])
             append_merged(alg, out, Segment(start, stop, terms))
         return out
     if ch.kind == "slice":
@@ -61,6 +62,16 @@ def map_channels(alg: Algebra, segments: list[Segment], ch: Channels, c_in: int,
                 out.append(Segment(j0, j1, s.terms))
         return out
     raise ValueError(f"unknown channel relation {ch.kind}")
+
+
+def _moved_terms(terms: tuple[Term, ...], move: Callable[[Term], Term]) -> tuple[Term, ...]:
+    """Each term through ``move``; ``terms`` itself when no map changed (an op that keeps every axis, e.g. a 1x1
+    convolution or an activation, composes with the identity), so a :class:`~atrous.rf.algebra.Union` stays
+    one and the next union of it costs nothing."""
+    moved = tuple(move(t) for t in terms)
+    if all(all(a is b for a, b in zip(new, old)) for new, old in zip(moved, terms)):
+        return terms
+    return moved
 
 
 def _group_runs(segments: list[Segment], g: int, c_in: int) -> list[tuple[int, int]]:
@@ -83,15 +94,15 @@ def combine(alg: Algebra, pieces: list[Segment], c_out: int) -> tuple[Segment, .
     # Each piece adds its terms to the intervals it covers (found by bisection), in the order of the pieces: a
     # scan of every piece per interval was quadratic in the channel count after depthwise convolutions (16 of
     # EfficientNetV2-L's 20 s of analysis).
-    covering: list[list[Term]] = [[] for _ in range(len(cuts) - 1)]
+    covering: list[list[tuple[Term, ...]]] = [[] for _ in range(len(cuts) - 1)]
     for p in pieces:
         for i in range(bisect_left(cuts, p.start), bisect_left(cuts, p.stop)):
-            covering[i].extend(p.terms)
+            covering[i].append(p.terms)
     segments: list[Segment] = []
     for (lo, hi), found in zip(pairwise(cuts), covering):
         if hi <= lo or lo >= c_out:
             continue
-        append_merged(alg, segments, Segment(lo, hi, union_terms(alg, found)))
+        append_merged(alg, segments, Segment(lo, hi, union_of(alg, found)))
     return tuple(segments)
 
 
@@ -228,7 +239,7 @@ class Propagation:
                     alg.compose(m, rules[a], *sizes[a]) if a in rules else m for a, m in enumerate(term)
                 )
 
-            moved = [Segment(s.start, s.stop, tuple(move(t) for t in s.terms)) for s in state.segments]
+            moved = [Segment(s.start, s.stop, _moved_terms(s.terms, move)) for s in state.segments]
             c_src = self.channels(src)
             if dep.channels.kind == "merge" and len({id(s) for s in moved}) > 1:
                 distinct = any(not same_terms(alg, moved[0].terms, s.terms) for s in moved[1:])
