@@ -33,10 +33,10 @@ from atrous.errors import UnsupportedOpError
 from atrous.rf import analyze
 from oracle import positive_copy
 
-# Refused (or too slow) today: gaps of issue 19 still open; the suite says when they start passing. The ones
-# the issue named first (VOLO, TResNet, Sequencer2d, XCiT, GhostNetV2, Encodec) and EdgeNeXt / MobileViTv2
-# pass since 2026-12-01 and are checked like every other model.
-KNOWN_GAPS = {}
+# Refused (or too slow) today: gaps of issue 19 still open, each with its reason; the suite says when they start
+# passing. None since 2026-12-02: VOLO, TResNet, Sequencer2d, XCiT, GhostNetV2, Encodec, EdgeNeXt, MobileViTv2,
+# GCViT, NextViT, smp MAnet and Inception-NeXt are checked like every other model.
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
