@@ -223,3 +223,31 @@ def test_a_scattered_residual_is_over_approximated_and_said() -> None:
     report, over = oracle_checks(ScatteredResidual(), (2, 4, 4))
     assert over > 0 and report.support((0, 0)).all()
     assert any("approx" in n for n in report.outputs[0].notes)
+
+
+def test_blocks_of_one_row_viewed_back_as_a_single_row_map_are_read_where_they_lie() -> None:
+    """Blocks of one row each, viewed back as (B, C, 1, 8): output (0, j) pools input row j. The output's H dim
+    (size 1) holds no axis and its W dim holds H, so an index names a tensor position; read as axis coordinates
+    it named row 0 for every j (an under-reach found in review)."""
+    report, _ = oracle_checks(TokenPool(8, 1), (2, 8, 8))
+    for j in range(8):
+        assert np.flatnonzero(report.support((0, j)).any(axis=1)).tolist() == [j]
+
+
+def test_an_add_whose_inputs_would_put_two_axes_in_one_dim_is_refused() -> None:
+    """out[r, j] = x[j, r] + x[r, j], each term reshaped so that H and W trade dims: the placements chosen per axis
+    would both claim dim 3, and no element could be addressed, so the add is refused by name."""
+
+    class Collide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.embed(x)
+            a = y.transpose(2, 3).reshape(y.shape[0], 2, 2, 4)  # W split over dims 1-2, H in dim 3
+            b = y.reshape(y.shape[0], 2, 2, 4)  # H split over dims 1-2, W in dim 3
+            return (a + b).reshape(y.shape[0], 1, 4, 4)
+
+    with pytest.raises(UnsupportedOpError, match=r"aten\.add .*would share dim 3"):
+        analyze(Collide(), (1, 4, 4))

@@ -344,7 +344,14 @@ class RFReport:
         # Digits kept in channels (space-to-depth) leave a grid dim of size 1 holding none of an axis: that grid
         # position still holds every block position of its channels, so it is read as the tensor lays it out.
         in_channels = any(d < first for d in held)
-        if all(d in held or (in_channels and shape[d] == 1) for d in range(first, len(shape))):
+        # An (N, C, *grid) output whose axes each sit in grid dims of their own is read as laid out too, even
+        # where a grid dim holds no axis (rows pooled and viewed back as (N, C, 1, H)): by axis coordinates its
+        # index would name another element than the one at that position.
+        dims_of = [{p.dim for p in L.parts_of(loc)} for loc in layout if loc is not None]
+        own_dims = sum(map(len, dims_of)) == len(set().union(*dims_of))
+        if (first >= 2 and not in_channels and own_dims) or all(
+            d in held or (in_channels and shape[d] == 1) for d in range(first, len(shape))
+        ):
             sizes = shape[first:]
             at = {first + a: i for a, i in enumerate(index)}
         else:

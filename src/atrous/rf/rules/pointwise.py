@@ -63,9 +63,27 @@ def pointwise_over(ctx: Ctx, inputs: list[TensorArg]) -> list[Effect]:
                 deps[i].axes[axis] = _crossed_rule(loc, placed[axis], out_shape)
                 notes.append(_crossed_note(ctx, axis, n_axes))
     layout = L.with_sizes(tuple(placed), out_shape)
+    _refuse_overlap(ctx, layout)
     for dep in deps:
         dep.channels = channels_of(ctx, dep.source, out_shape, layout)
     return [Effect(layout, deps, list(dict.fromkeys(notes))) for _ in ctx.out_shapes]
+
+
+def _refuse_overlap(ctx: Ctx, layout: tuple) -> None:
+    """Placements chosen axis by axis from inputs that disagree may claim the same digits of one dim for two
+    axes (H from one input, W from the other, both in dim 3): no element could be addressed then, and the
+    support read at it would miss pixels, so such an add is refused as before the crossed placements."""
+    taken: list[tuple[int, int, int, int]] = []  # (dim, lo, hi, axis)
+    for axis, loc in enumerate(layout):
+        for p in () if loc is None else L.parts_of(loc):
+            lo, hi = p.inner, p.inner * p.size
+            if any(d == p.dim and a != axis and lo < end and start < hi for d, start, end, a in taken):
+                names = AXIS_NAMES.get(len(layout), ("?",) * 3)
+                raise ctx.unsupported(
+                    f"combines tensors whose spatial axes sit in different dims and would share dim {p.dim} "
+                    f"({names[axis]} with another axis); reshape both to the same layout first"
+                )
+            taken.append((p.dim, lo, hi, axis))
 
 
 def _key(p: Part) -> tuple[int, int, int]:
