@@ -275,9 +275,10 @@ Fill = Callable[[int, int, int, int, torch.Tensor], None]
 
 
 def _groups(windows: list[Window]) -> list[list[int]]:
-    """Indices of consecutive windows that read the same input span. When the image's last core is narrower
-    than the margin after it, the last two windows both end on the image's edge and are the same window: it
-    is computed once and both cores are cut from it."""
+    """Indices of consecutive windows that read the same input span. Cores narrower than a margin make them:
+    at the image's far edge (the last core narrower than the margin after it: the last windows all end on
+    the edge) and at its start (cores narrower than the margin before them: the first windows all start at
+    0). Such a span is computed once and each of its cores is cut from that one output."""
     groups: list[list[int]] = []
     for i, w in enumerate(windows):
         if groups and (windows[groups[-1][0]].start, windows[groups[-1][0]].stop) == (w.start, w.stop):
@@ -302,12 +303,12 @@ def iter_tiles(
     """Each tile's row and column windows and ``keep(core)`` of its kept logits (K, h, w), in row-major order.
 
     Each tile's input is read on its own and its core handed on at once: memory follows the tiles in flight,
-    not the image's width (the one exception, a row of cores cut from the row of windows before it, is
-    narrower than the margin). Consecutive inputs of one shape (across rows too) run as a batch on the
-    model's device. ``fill = (channels, fill)`` writes each input straight into the batch (else ``region`` is
-    stacked). ``on_tile(inputs, pixels)`` is called after each batch (progress), ``on_window(row, col,
-    input)`` with each input (previews); ``keep(core)`` turns a core's logits, a view into the batch's output,
-    into what is handed on (class indices, say)."""
+    not the image's width (the one exception: the cores of a row group's later rows, held until their
+    turn, are together narrower than a margin). Consecutive inputs of one shape (across rows too) run as a
+    batch on the model's device. ``fill = (channels, fill)`` writes each input straight into the batch (else
+    ``region`` is stacked). ``on_tile(inputs, pixels)`` is called after each batch (progress),
+    ``on_window(row, col, input)`` with each input (previews); ``keep(core)`` turns a core's logits, a view
+    into the batch's output, into what is handed on (class indices, say)."""
     device = next(model.parameters()).device
     row_windows, col_windows = plan.windows(*size)
     row_groups, col_groups = _groups(row_windows), _groups(col_windows)
