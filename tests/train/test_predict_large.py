@@ -190,6 +190,13 @@ def test_bad_inputs_are_one_line_each_on_the_command_line(
             "gray2.tif has 2 channels; the model takes 3",
         )
     )
+    tifffile.imwrite(tmp_path / "pages.tif", rgb(20, 30)[None].repeat(5, axis=0)[..., 0])  # 5 grey pages
+    cases.append(
+        (
+            ["predict", str(tmp_path / "pages.tif"), "--checkpoint", str(run), "--out", str(out)],
+            "pages.tif holds 5 images of 20x30 (a multi-page TIFF",
+        )
+    )
     (tmp_path / "junk.tif").write_bytes(b"II*\x00garbage")
     cases.append(
         (

@@ -202,6 +202,14 @@ class TiffReader:
         page = self.page
         self.shape = tuple(page.shape)
         self.dtype = page.dtype
+        if len(series.shape) > len(
+            page.shape
+        ):  # pages stacked into one series: reading one would drop the rest
+            raise PredictError(
+                f"{path} holds {math.prod(series.shape[: len(series.shape) - len(page.shape)])} images of "
+                f"{page.shape[0]}x{page.shape[1]} (a multi-page TIFF, series shape {tuple(series.shape)}); "
+                "predict reads one image per file: save each page to its own file"
+            )
         if (page.planarconfig != 1 and page.samplesperpixel > 1) or page.imagedepth > 1:
             raise PredictError(
                 f"{path}: planar (one plane per channel) or volumetric TIFF is not supported; save it with "
