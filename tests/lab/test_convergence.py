@@ -23,9 +23,9 @@ def test_never_stops_before_the_minimum_even_on_a_flat_start() -> None:
     flat = [0.48] * (MIN_EPOCHS - 1)
     assert not convergence.should_stop(flat, OK)
     assert convergence.should_stop([0.48] * MIN_EPOCHS, OK)  # flat for longer than the window: a plateau
-    assert not convergence.should_stop(
-        [0.2] * (MIN_EPOCHS - 2) + [0.999], OK
-    )  # solved, but too early to tell
+    # Solved is solved, however early: a run at >= SOLVED cannot leave more than the audit's tolerance.
+    assert convergence.should_stop([0.2] * (MIN_EPOCHS - 2) + [convergence.SOLVED], OK)
+    assert not convergence.should_stop([0.2] * (MIN_EPOCHS - 2) + [convergence.SOLVED - 0.001], OK)
 
 
 def test_a_late_climb_keeps_the_run_going() -> None:
@@ -37,8 +37,10 @@ def test_a_late_climb_keeps_the_run_going() -> None:
     assert convergence.stop_epoch(rising, [OK] * 20) == 9 + WINDOW
 
 
-def test_solved_stops_at_the_minimum() -> None:
-    assert convergence.stop_epoch([0.999] * 20, [OK] * 20) == MIN_EPOCHS
+def test_solved_stops_at_once() -> None:
+    assert convergence.stop_epoch([0.5, 0.9, 0.98, 0.999] + [1.0] * 20, [OK] * 24) == 4
+    # The partial-solution clause comes first: no stop while a class is never predicted.
+    assert convergence.stop_epoch([0.5, 0.999, 0.999, 0.999], [OK, [1.0, 0.0, 0.99], [1.0, 0.0, 0.99], OK]) == 4
 
 
 def test_never_stops_on_a_partial_solution() -> None:
