@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -315,3 +316,19 @@ def test_a_changed_registration_is_refused(tmp_path: Path) -> None:
     (tmp_path / registration.FILE).write_text('{"x": 2}')
     with pytest.raises(AtrousError, match="changed during training"):
         registration.read_back(tmp_path, digest)
+
+
+def test_audit_end_to_end_on_tiny(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """`atrous lab --audit` trains each configuration 3x its cap, reads the rule's stop off the same curve and
+    exits 0 when the target is met, 1 when it is missed (12-step tiny runs cannot converge: missed or not, the
+    table must hold one row per configuration with the stop within the cap)."""
+    code = main(["lab", "--audit", "--preset", "tiny", "--only", "ex5", "--seeds", "40,", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "3 runs (the configurations x seeds [40])" in out and "expected about" in out
+    report = json.loads((tmp_path / "audit.json").read_text())
+    rows = report["runs"]
+    assert code == (0 if report["summary"]["meets_target"] else 1)
+    assert len(rows) == 3 and {r["seed"] for r in rows} == {40}
+    cap_epochs = math.ceil(get_preset("tiny").steps / (48 // 8))  # tiny: 48 images, batch 8
+    assert all(1 <= r["stop_epoch"] <= cap_epochs for r in rows)
+    assert all(r["left_on_table"] == pytest.approx(r["miou_long"] - r["miou_at_stop"]) for r in rows)

@@ -167,9 +167,12 @@ def audit_lab(
         )
     jobs = order_longest_first([j for key in chosen for j in EXERCISES[key].jobs(p, seed_list)])
     workers = workers if workers is not None else default_workers(device)
+    # The long runs have no stopping rule: each takes all its steps, so the estimate is the whole cost.
+    expected = calibrate.expected_seconds([audit.long_job(j) for j in jobs], workers, device)
     console.print(
-        f"lab audit {preset}: {len(jobs)} configurations x seeds {seed_list}, each trained "
-        f"{audit.FACTOR}x its step cap ({audit.FACTOR * p.steps} steps) on {workers} processes",
+        f"lab audit {preset}: {len(jobs)} runs (the configurations x seeds {seed_list}), each trained "
+        f"{audit.FACTOR}x its step cap ({audit.FACTOR * p.steps} steps) on {workers} processes; expected about "
+        f"{expected:.0f} s on this machine",
         soft_wrap=True,
     )
     return audit.run_audit(p, jobs, Path(out), workers, console, device)
