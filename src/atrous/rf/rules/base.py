@@ -112,6 +112,11 @@ def rule(*packets: str) -> Callable[[RuleFn], RuleFn]:
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
+def axis_names(n_axes: int) -> tuple[str, ...]:
+    """The axes' names in notes; "?" beyond 3-D (the engine tracks up to 3 spatial axes)."""
+    return AXIS_NAMES.get(n_axes, ("?",) * n_axes)
+
+
 def dim_index(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
 
@@ -216,7 +221,7 @@ def spatial_op(
         if axis in blocks:
             placed, rules[axis], exact = blocks[axis]
             new.append(placed)
-            notes += _block_notes(ctx, AXIS_NAMES.get(len(layout), ("?",) * 3)[axis], rules[axis], exact)
+            notes += _block_notes(ctx, axis_names(len(layout))[axis], rules[axis], exact)
         elif not moved:
             new.append(loc)
         elif isinstance(loc, L.Loc) and loc.plain and loc.dim >= first:
@@ -225,7 +230,7 @@ def spatial_op(
         else:
             placed, rules[axis], exact = _follow_digits(ctx, axis, first, still, op_rule, channels)
             new.append(placed)
-            name = AXIS_NAMES.get(len(layout), "???")[axis]
+            name = axis_names(len(layout))[axis]
             if rules[axis].periodic.is_global:
                 notes.append(
                     f"global: {ctx.where} reads digits of {name} whole (positions carried in channels)"
@@ -354,6 +359,18 @@ def digit_values(v: np.ndarray, parts: tuple[Part, ...], weights: list[int]) -> 
 FREE = "free"  # in digits_rule: a digit read whole
 
 
+def fixed_finite(kind: str, relation: Callable[[], np.ndarray]) -> Callable[[int, int], np.ndarray]:
+    """The in-image relation of a rule built for one pair of sizes: asked for another, it is a bug, not a guess."""
+
+    def finite(n_in: int, n_out: int) -> np.ndarray:
+        rel = relation()
+        if rel.shape != (n_out, n_in):
+            raise AssertionError(f"{kind} of shape {rel.shape} was asked for {(n_out, n_in)}")
+        return rel
+
+    return finite
+
+
 def digits_rule(src: tuple[Part, ...], out: tuple[Part, ...], how: dict[int, AxisRule | str]) -> AxisRule:
     """The rule of an op that treats each digit of a split axis on its own. ``how[weight]`` says, per source
     digit: absent, the output indexes it unchanged (or, when the output lacks it, reads it whole); ``FREE``, it
@@ -396,11 +413,7 @@ def digits_rule(src: tuple[Part, ...], out: tuple[Part, ...], how: dict[int, Axi
     def whole() -> np.ndarray:
         return related(src, out)
 
-    def finite(n_in: int, n_out: int) -> np.ndarray:
-        if whole().shape != (n_out, n_in):
-            raise AssertionError(f"a digit rule of shape {whole().shape} was asked for {(n_out, n_in)}")
-        return whole()
-
+    finite = fixed_finite("a digit rule", whole)
     h = how.get(top.weight)
     if h == FREE or top.weight not in out_size:
         return GLOBAL_RULE if whole().all() else AxisRule(AxisMap.constant(GLOBAL), finite)

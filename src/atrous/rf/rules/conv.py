@@ -6,13 +6,13 @@ from fractions import Fraction
 from math import ceil, floor, gcd
 
 from atrous.rf.rules.base import (
-    AXIS_NAMES,
     GLOBAL_RULE,
     MIX,
     AxisRule,
     Channels,
     Ctx,
     Effect,
+    axis_names,
     packet_rank,
     per_axis_values,
     rule,
@@ -109,7 +109,7 @@ def _adaptive_pool(ctx: Ctx) -> list[Effect]:
     x = ctx.call.inputs[0]
     axes = spatial_axes(ctx, x, k)
     out = ctx.out_shapes[0]
-    names = AXIS_NAMES.get(len(ctx.layout(x)), ("?",) * 3)
+    names = axis_names(len(ctx.layout(x)))
     pooled = [names[a] for i, a in enumerate(axes) if a is not None and out[len(out) - k + i] == 1]
     if pooled:
         for e in effects:

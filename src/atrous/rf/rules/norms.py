@@ -6,7 +6,6 @@ from atrous.rf import layout as L
 from atrous.rf.graph import TensorArg
 from atrous.rf.layout import Layout
 from atrous.rf.rules.base import (
-    AXIS_NAMES,
     GLOBAL_RULE,
     MIX,
     SAME,
@@ -14,6 +13,7 @@ from atrous.rf.rules.base import (
     Ctx,
     Dep,
     Effect,
+    axis_names,
     reads_whole,
     rule,
 )
@@ -83,7 +83,7 @@ def _layer_norm(ctx: Ctx) -> list[Effect]:
     n = len(ctx.call.args["normalized_shape"])
     dims = set(range(len(x.shape) - n, len(x.shape)))
     layout = ctx.layout(x)
-    names = AXIS_NAMES.get(len(layout), ("?",) * 3)
+    names = axis_names(len(layout))
     spatial = [a for a, loc in enumerate(layout) if loc is not None and L.dims_of(loc) & dims]
     channel = L.channel_dim(layout, x.shape)
     if ctx.options.ignore_statistics:

@@ -10,15 +10,16 @@ from atrous.rf import layout as L
 from atrous.rf.graph import TensorArg
 from atrous.rf.layout import Loc, Part, Split
 from atrous.rf.rules.base import (
-    AXIS_NAMES,
     BROADCAST_RULE,
     GLOBAL_RULE,
     AxisRule,
     Ctx,
     Dep,
     Effect,
+    axis_names,
     channels_of,
     digits_rule,
+    fixed_finite,
 )
 from atrous.rf.support import GLOBAL, AxisMap
 
@@ -78,7 +79,7 @@ def _refuse_overlap(ctx: Ctx, layout: tuple) -> None:
         for p in () if loc is None else L.parts_of(loc):
             lo, hi = p.inner, p.inner * p.size
             if any(d == p.dim and a != axis and lo < end and start < hi for d, start, end, a in taken):
-                names = AXIS_NAMES.get(len(layout), ("?",) * 3)
+                names = axis_names(len(layout))
                 raise ctx.unsupported(
                     f"combines tensors whose spatial axes sit in different dims and would share dim {p.dim} "
                     f"({names[axis]} with another axis); reshape both to the same layout first"
@@ -128,13 +129,7 @@ def _crossed_rule(loc: Loc | Split, placed: Loc | Split, shape: tuple[int, ...])
     rel[_index(placed, at), _index(loc, at)] = True
     if rel.all():
         return GLOBAL_RULE
-
-    def finite(n_in: int, n_out: int) -> np.ndarray:
-        if rel.shape != (n_out, n_in):
-            raise AssertionError(f"a crossed rule of shape {rel.shape} was asked for {(n_out, n_in)}")
-        return rel
-
-    return AxisRule(AxisMap.constant(GLOBAL), finite)
+    return AxisRule(AxisMap.constant(GLOBAL), fixed_finite("a crossed rule", lambda: rel))
 
 
 def _index(loc: Loc | Split, at: dict[int, np.ndarray]) -> np.ndarray:
@@ -144,7 +139,7 @@ def _index(loc: Loc | Split, at: dict[int, np.ndarray]) -> np.ndarray:
 
 
 def _crossed_note(ctx: Ctx, axis: int, n_axes: int) -> str:
-    name = AXIS_NAMES.get(n_axes, ("?",) * 3)[axis]
+    name = axis_names(n_axes)[axis]
     return (
         f"approximate: {ctx.where} combines tensors that place axis {name} in different dims; each output "
         f"reads the union over the elements that share its {name} index (exact when that input is global)"

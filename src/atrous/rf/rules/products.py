@@ -8,11 +8,11 @@ from atrous.rf import layout as L
 from atrous.rf.graph import TensorArg
 from atrous.rf.layout import Loc, Part, Split
 from atrous.rf.rules.base import (
-    AXIS_NAMES,
     MIX,
     Ctx,
     Dep,
     Effect,
+    axis_names,
     digit_rule,
     rule,
 )
@@ -30,7 +30,7 @@ def _product_effect(
     that digit: globally for an unsplit token axis, per window when only the in-window digits differ.
     """
     n_axes = max(len(ctx.layout(t)) for t, _ in operands)
-    names = AXIS_NAMES.get(n_axes, ("?",) * 3)
+    names = axis_names(n_axes)
     out_loc: list[Loc | Split | None] = [None] * n_axes
     out_parts: list[tuple[Part, ...]] = [()] * n_axes
     moved = []

@@ -37,7 +37,7 @@ import numpy as np
 from atrous.rf import layout as L
 from atrous.rf.graph import TensorArg
 from atrous.rf.layout import Layout, Loc
-from atrous.rf.rules.base import AXIS_NAMES, GLOBAL_RULE, MIX, AxisRule, Ctx, Dep, Effect, rule
+from atrous.rf.rules.base import GLOBAL_RULE, MIX, AxisRule, Ctx, Dep, Effect, axis_names, rule
 from atrous.rf.support import GLOBAL, AxisMap
 
 
@@ -134,7 +134,7 @@ def _recurrent(ctx: Ctx) -> list[Effect]:
     states = [h for h in hx if isinstance(h, TensorArg) and h.node is not None]
     t_dim, b_dim, f_dim = (1, 0, 2) if a["batch_first"] else (0, 1, 2)
     n_axes = len(ctx.layout(ctx.tracked()[0]))
-    names = AXIS_NAMES.get(n_axes, ("?",) * 3)
+    names = axis_names(n_axes)
 
     batch: dict[int, Loc] = {}  # axis -> its Loc in the output's batch dim
     sequence: list[tuple[int, Loc]] = []
@@ -221,7 +221,7 @@ def _cell(ctx: Ctx) -> list[Effect]:
     sources = [t for t in (a["input"], *hx) if isinstance(t, TensorArg) and t.node is not None]
     batch = _batch_locs(ctx.layout(sources[0]), 0, 0)
     n_axes = len(ctx.layout(sources[0]))
-    names = AXIS_NAMES.get(n_axes, ("?",) * 3)
+    names = axis_names(n_axes)
     deps = _state_deps(ctx, sources, batch, 0, 0)
     mixed = {axis for dep in deps for axis in dep.axes}
     notes = []

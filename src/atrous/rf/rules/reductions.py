@@ -7,13 +7,13 @@ from collections.abc import Callable
 from atrous.rf import layout as L
 from atrous.rf.layout import Loc, Part, Split
 from atrous.rf.rules.base import (
-    AXIS_NAMES,
     MIX,
     SAME,
     AxisRule,
     Ctx,
     Dep,
     Effect,
+    axis_names,
     digit_rule,
     dim_index,
     rule,
@@ -54,7 +54,7 @@ def _reduce(ctx: Ctx, dims: list[int] | None, keepdim: bool, what: str) -> list[
     ndim = len(x.shape)
     dims = list(range(ndim)) if not dims else [dim_index(d, ndim) for d in dims]
     layout = ctx.layout(x)
-    names = AXIS_NAMES.get(len(layout), ("?",) * 3)
+    names = axis_names(len(layout))
     rules, reduced = {}, []
     new: list[Loc | Split | None] = []
     for axis, loc in enumerate(layout):
@@ -132,7 +132,7 @@ def _along_dim(ctx: Ctx) -> list[Effect]:
     x = ctx.call.inputs[0]
     d = dim_index(ctx.call.args.get("dim", -1), len(x.shape))
     layout = ctx.layout(x)
-    names = AXIS_NAMES.get(len(layout), ("?",) * 3)
+    names = axis_names(len(layout))
     rules, along = {}, []
     for axis, loc in enumerate(layout):
         if loc is not None and d in L.dims_of(loc):

@@ -27,13 +27,13 @@ from atrous.rf import layout as L
 from atrous.rf.graph import TensorArg
 from atrous.rf.layout import Layout, Loc, Part, Split
 from atrous.rf.rules.base import (
-    AXIS_NAMES,
     MIX,
     AxisRule,
     Channels,
     Ctx,
     Dep,
     Effect,
+    axis_names,
     per_axis_values,
     rule,
     spatial_axes,
@@ -60,7 +60,7 @@ def _params(ctx: Ctx) -> tuple[list[int], list[int], list[int], list[int]]:
 def _leading(ctx: Ctx, layout: Layout, channel_dim: int) -> list[Loc | Split | None]:
     """Axes that live in the leading (batch) dims pass through unchanged; one in the channel dim is refused,
     because unfold and fold interleave channels with kernel offsets."""
-    names = AXIS_NAMES.get(len(layout), ("?",) * 3)
+    names = axis_names(len(layout))
     kept: list[Loc | Split | None] = [None] * len(layout)
     for axis, loc in enumerate(layout):
         if loc is None:

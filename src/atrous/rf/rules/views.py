@@ -7,7 +7,6 @@ from dataclasses import replace
 from atrous.rf import layout as L
 from atrous.rf.layout import Loc, Split
 from atrous.rf.rules.base import (
-    AXIS_NAMES,
     BROADCAST_RULE,
     GLOBAL_RULE,
     MERGE,
@@ -17,6 +16,7 @@ from atrous.rf.rules.base import (
     Ctx,
     Dep,
     Effect,
+    axis_names,
     dim_index,
     rule,
 )
@@ -43,7 +43,7 @@ def _reshape(ctx: Ctx) -> list[Effect]:
     rules = {a: BROADCAST_RULE for a in dropped}
     layout, rules = _own_dims(layout, out_shape, rules)
     notes = []
-    names = AXIS_NAMES.get(len(layout), ("?",) * 3)
+    names = axis_names(len(layout))
     for a in lost:
         rules[a] = GLOBAL_RULE
         notes.append(
