@@ -19,6 +19,11 @@ a flat list; these composite ops check devices before any ATen op reaches the re
 dozen ops per time step. A function-level mode therefore records each of them as one call (``aten.lstm`` ...),
 with one rule for the whole layer (:mod:`atrous.rf.rules.recurrent`), and runs it on the weights' meta twins.
 
+Most meta kernels are Python reference code (0.1-5 ms a call). A functional op met again with the same argument
+metadata reuses its first outputs' layouts; elementwise ops and a few others (normalisations, ``addmm``,
+reductions) get their outputs from a shape rule, which the kernel confirms on the first call of each key (the
+dtypes, memory orders and size-1 dims, not the sizes): a key where the two differ keeps the kernel.
+
 A model that reads tensor values in Python (``.item()``, ``int()`` or ``bool()`` of a tensor, data-dependent
 shapes such as ``nonzero``) cannot run on meta tensors. :func:`record` then records once more on real tensors
 of the same shape (a random input, the model's parameters copied once: the model is still never modified) and
@@ -27,12 +32,15 @@ says so in ``Graph.recording``; what the model read, and whether it depended on 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
@@ -86,26 +94,59 @@ class Graph:
 
 
 class _ModuleStack:
-    """Tracks the innermost running module through forward hooks (module reuse gets a call number)."""
+    """Tracks the innermost running module through forward hooks (module reuse gets a call number).
+
+    Two hooks per module cost as much as the recording's meta kernels on a 700-module model (registering and
+    removing a handle each). When no module of the model has hooks of its own, two process-wide hooks, filtered
+    to the model's modules and this thread, see the same calls in the same order. A model with hooks of its own
+    keeps per-module ones: global hooks run before a module's own, which would move the ops a user's hook runs
+    into another module.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.stack: list[str] = []
         self.calls: dict[str, int] = {}
         self.handles = []
-        for name, module in model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._enter(name)))
-            self.handles.append(module.register_forward_hook(self._leave, always_call=True))
+        named = list(model.named_modules())
+        if any(m._forward_hooks or m._forward_pre_hooks for name, m in named if name):
+            for name, module in named:
+                self.handles.append(module.register_forward_pre_hook(self._enter(name)))
+                self.handles.append(module.register_forward_hook(self._leave, always_call=True))
+            return
+        # The root's own hooks may stay: ops they run are named after the root ("") inside or outside it.
+        self.names = {id(m): (m, name) for name, m in named}
+        self.thread = threading.get_ident()
+        self.handles.append(register_module_forward_pre_hook(self._global_enter))
+        self.handles.append(register_module_forward_hook(self._global_leave, always_call=True))
+
+    def _push(self, name: str) -> None:
+        count = self.calls.get(name, 0) + 1
+        self.calls[name] = count
+        self.stack.append(name if count == 1 else f"{name}#{count}")
 
     def _enter(self, name: str) -> Callable:
         def hook(module: nn.Module, args: Any) -> None:
-            count = self.calls.get(name, 0) + 1
-            self.calls[name] = count
-            self.stack.append(name if count == 1 else f"{name}#{count}")
+            self._push(name)
 
         return hook
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.stack:
+            self.stack.pop()
+
+    def _ours(self, module: nn.Module) -> str | None:
+        entry = self.names.get(id(module))
+        if entry is None or entry[0] is not module or threading.get_ident() != self.thread:
+            return None
+        return entry[1]
+
+    def _global_enter(self, module: nn.Module, args: Any) -> None:
+        name = self._ours(module)
+        if name is not None:
+            self._push(name)
+
+    def _global_leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack and self._ours(module) is not None:
             self.stack.pop()
 
     @property
@@ -138,6 +179,7 @@ _RNN_LAYERS = {
     torch._C._VariableFunctions.rnn_tanh: "rnn_tanh",
     torch._C._VariableFunctions.rnn_relu: "rnn_relu",
 }
+_RECURRENT_MODULES = (nn.RNNBase, nn.RNNCellBase)  # a model holding one is recorded with _LayerCalls at once
 # One step of each (nn.LSTMCell ...), written in a Python loop over the sequence: also one call each, since their
 # decomposition gates views of one buffer in place, which the recorder refuses to follow.
 _RNN_CELLS = {
@@ -219,6 +261,35 @@ class _Op:
     cacheable: bool  # see _cacheable
     arguments: tuple[tuple[str, bool, bool, Any], ...]  # (name, kwarg_only, has_default, default) in order
     written: tuple[tuple[int, str], ...]  # (position, name) of the arguments it writes in place
+    pointwise: int  # _FRESH or _IN_PLACE where _Recorder._pointwise applies, else 0
+
+
+_FRESH, _IN_PLACE = 1, 2
+
+
+def _pointwise_kind(func, cacheable: bool) -> int:
+    """Whether ``func`` is an elementwise op with broadcasting (tagged ``pointwise``) returning one tensor: a
+    fresh one (``_FRESH``) or its first argument written in place (``_IN_PLACE``, e.g. ``relu_``)."""
+    if torch.Tag.pointwise not in func.tags or torch.Tag.nondeterministic_seeded in func.tags:
+        return 0
+    schema = func._schema
+    if len(schema.returns) != 1 or str(schema.returns[0].type) != "Tensor":
+        return 0
+    if cacheable:
+        return _FRESH
+    arguments, ret = schema.arguments, schema.returns[0].alias_info
+    written = [a for a in arguments if a.alias_info is not None and a.alias_info.is_write]
+    if (
+        arguments
+        and written == [arguments[0]]
+        and arguments[0].name == "self"
+        and ret is not None
+        and ret.is_write
+        and set(ret.before_set) == set(arguments[0].alias_info.before_set)
+        and all(a.alias_info is None for a in arguments[1:])
+    ):
+        return _IN_PLACE
+    return 0
 
 
 _OPS: dict[Any, _Op] = {}
@@ -228,10 +299,12 @@ def _op(func) -> _Op:
     op = _OPS.get(func)
     if op is None:
         arguments = func._schema.arguments
+        cacheable = _cacheable(func)
         op = _OPS[func] = _Op(
             name=str(func),
             packet=f"{func.namespace}.{func._opname}",
-            cacheable=_cacheable(func),
+            cacheable=cacheable,
+            pointwise=_pointwise_kind(func, cacheable),
             arguments=tuple(
                 (
                     a.name,
@@ -248,6 +321,180 @@ def _op(func) -> _Op:
             ),
         )
     return op
+
+
+_UNCHECKED = object()
+
+
+def _row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape`` (as ``torch.empty`` makes them)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _broadcast_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The shape ``shapes`` broadcast to, or None where they do not broadcast (the kernel then says why)."""
+    out = [1] * max(len(s) for s in shapes)
+    for s in shapes:
+        for i, n in enumerate(s, len(out) - len(s)):
+            if n != 1:
+                if out[i] == 1:
+                    out[i] = n
+                elif out[i] != n:
+                    return None
+    return tuple(out)
+
+
+def _bind(op: _Op, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Every schema argument of ``op`` by name, defaults filled in."""
+    bound: dict[str, Any] = {}
+    for i, (name, kwarg_only, has_default, default) in enumerate(op.arguments):
+        if i < len(args) and not kwarg_only:
+            bound[name] = args[i]
+        elif name in kwargs:
+            bound[name] = kwargs[name]
+        elif has_default:
+            bound[name] = default
+    return bound
+
+
+def _layout_class(t: torch.Tensor) -> tuple | None:
+    """What a shape rule may assume of a tensor's memory besides its sizes: the order of its dims in memory
+    (outermost first) when it is dense in that order (row-major, a weight's ``.t()``, a channels-last view), with
+    which dims have size 1 (where strides are ambiguous); None for anything else (strided, overlapping, empty)."""
+    if not t.is_meta or t.numel() == 0:
+        return None
+    shape, stride = t.shape, t.stride()
+    order = tuple(sorted(range(len(shape)), key=lambda i: -stride[i]))  # stable: ties keep the logical order
+    dense = _row_major(tuple(shape[i] for i in order))
+    if any(stride[i] != step for i, step in zip(order, dense)):
+        return None
+    return order, tuple(n == 1 for n in shape)
+
+
+def _fresh_row_major(out: Any, shapes: list, args: tuple, kwargs: dict) -> tuple | None:
+    """The dtypes of ``out`` (a tensor or a tuple of them) if they are fresh row-major meta tensors of ``shapes``,
+    sharing no storage with each other or the arguments (what a shape rule makes), else None."""
+    outs = out if isinstance(out, tuple) else (out,)
+    if len(outs) != len(shapes):
+        return None
+    storages = {_storage_key(t) for t in _tensors((args, kwargs))}
+    dtypes = []
+    for t, shape in zip(outs, shapes):
+        if not (
+            isinstance(t, torch.Tensor)
+            and t.is_meta
+            and t.layout == torch.strided
+            and not t.is_conj()
+            and not t.is_neg()
+            and t.shape == shape
+            and t.stride() == _row_major(shape)
+            and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+            and _storage_key(t) not in storages
+        ):
+            return None
+        storages.add(_storage_key(t))
+        dtypes.append(t.dtype)
+    return tuple(dtypes)
+
+
+def _dims(dims: Any, ndim: int) -> list[int] | None:
+    """Reduction dims normalised to 0..ndim-1 (None or [] = all), or None where the kernel would refuse them."""
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        return list(range(ndim))
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    out = []
+    for d in dims:
+        if not isinstance(d, int) or not -max(ndim, 1) <= d < max(ndim, 1):
+            return None
+        out.append(d % max(ndim, 1))
+    return out if len(set(out)) == len(out) else None
+
+
+def _reduced(shape: tuple[int, ...], dims: Any, keepdim: Any) -> tuple[int, ...] | None:
+    axes = _dims(dims, len(shape))
+    if axes is None or not isinstance(keepdim, bool):
+        return None
+    return tuple(1 if i in axes else n for i, n in enumerate(shape) if keepdim or i not in axes)
+
+
+def _hashable(*values: Any) -> tuple:
+    return tuple(tuple(v) if isinstance(v, list) else v for v in values)
+
+
+def _rule_batch_norm(b: dict) -> tuple | None:
+    x = b["input"]
+    if x.dim() < 2:
+        return None
+    c = x.shape[1]
+    stats = [b[k] for k in ("weight", "bias", "running_mean", "running_var")]
+    if any(t is not None and tuple(t.shape) != (c,) for t in stats):
+        return None
+    extra = (tuple(t is None for t in stats), b["training"], b["momentum"], b["eps"])
+    return extra, [tuple(x.shape), (c,), (c,)]
+
+
+def _rule_layer_norm(b: dict) -> tuple | None:
+    x, norm = b["input"], list(b["normalized_shape"])
+    k = len(norm)
+    if not 1 <= k <= x.dim() or list(x.shape[-k:]) != norm:
+        return None
+    if any(t is not None and list(t.shape) != norm for t in (b["weight"], b["bias"])):
+        return None
+    stats = (*x.shape[: x.dim() - k], *(1,) * k)
+    return (k, b["weight"] is None, b["bias"] is None, b["eps"]), [tuple(x.shape), stats, stats]
+
+
+def _rule_addmm(b: dict) -> tuple | None:
+    bias, a, w = b["self"], b["mat1"], b["mat2"]
+    if a.dim() != 2 or w.dim() != 2 or a.shape[1] != w.shape[0]:
+        return None
+    shape = (a.shape[0], w.shape[1])
+    if bias.dim() > 2 or _broadcast_shape([tuple(bias.shape), shape]) != shape:
+        return None
+    return _hashable(bias.dim(), type(b["beta"]), b["beta"], type(b["alpha"]), b["alpha"]), [shape]
+
+
+def _rule_softmax(b: dict) -> tuple | None:
+    x, dim = b["self"], b["dim"]
+    if _dims(dim, x.dim()) is None:
+        return None
+    return (dim, b["dtype"]), [tuple(x.shape)]
+
+
+def _rule_mean(b: dict) -> tuple | None:
+    shape = _reduced(tuple(b["self"].shape), b["dim"], b["keepdim"])
+    return None if shape is None else (_hashable(b["dim"], b["keepdim"], b["dtype"]), [shape])
+
+
+def _rule_vector_norm(b: dict) -> tuple | None:
+    shape = _reduced(tuple(b["self"].shape), b["dim"], b["keepdim"])
+    extra = _hashable(type(b["ord"]), b["ord"], b["dim"], b["keepdim"], b["dtype"])
+    return None if shape is None else (extra, [shape])
+
+
+def _rule_roll(b: dict) -> tuple | None:
+    x, shifts, dims = b["self"], list(b["shifts"]), list(b["dims"])
+    if not dims or len(shifts) != len(dims) or _dims(dims, x.dim()) is None:
+        return None
+    return _hashable(shifts, dims), [tuple(x.shape)]
+
+
+# Functional ops with Python meta kernels that models call on many shapes, and how their outputs' shapes follow
+# from the arguments (None: the rule does not apply, the kernel decides). See _Recorder._shaped.
+_SHAPE_RULES: dict[Any, Callable[[dict], tuple | None]] = {
+    torch.ops.aten.native_batch_norm.default: _rule_batch_norm,
+    torch.ops.aten.native_layer_norm.default: _rule_layer_norm,
+    torch.ops.aten.addmm.default: _rule_addmm,
+    torch.ops.aten._safe_softmax.default: _rule_softmax,
+    torch.ops.aten.mean.dim: _rule_mean,
+    torch.ops.aten.linalg_vector_norm.default: _rule_vector_norm,
+    torch.ops.aten.roll.default: _rule_roll,
+}
 
 
 def _meta_key(value: Any) -> Any:
@@ -329,6 +576,8 @@ class _Recorder(TorchDispatchMode):
         self.value_read: ValueRead | None = None  # meta mode: the value read that made recording fail
         self.reads: list[ValueRead] = []  # real mode: every value read
         self.layouts: dict[Any, list | None] = {}  # (op, arguments' metadata) -> its outputs' layouts
+        self.pointwise: dict[tuple, Any] = {}  # see _pointwise: key -> output dtype, True (in place) or None
+        self.shaped: dict[tuple, Any] = {}  # see _shaped: key -> the outputs' dtypes, or None
 
     @property
     def real(self) -> bool:
@@ -465,7 +714,13 @@ class _Recorder(TorchDispatchMode):
         # models repeat the same blocks on the same shapes: a functional op's outputs are fresh tensors whose
         # metadata depend only on the arguments' metadata, so they are made again from the first call's.
         key = None
-        if not self.real and isinstance(func, torch._ops.OpOverload) and _op(func).cacheable:
+        op = _op(func) if not self.real and isinstance(func, torch._ops.OpOverload) else None
+        rule = self._pointwise(func, op.pointwise, args, kwargs) if op is not None and op.pointwise else None
+        if rule is None and op is not None and func in _SHAPE_RULES:
+            rule = self._shaped(func, op, args, kwargs)
+        if rule is not None and rule[2] is not None:
+            return rule[2]
+        if op is not None and op.cacheable and rule is None:
             try:
                 key = (func, _meta_key(args), _meta_key(tuple(kwargs.items())))
             except TypeError:  # an unhashable argument: not cached
@@ -493,9 +748,125 @@ class _Recorder(TorchDispatchMode):
                         f"(input shape {tuple(x.shape)}); give the model a {expected}-channel input"
                     ) from exc
             raise
+        if rule is not None:  # the first call of this key: does the kernel agree with the rule?
+            if op.pointwise:
+                self.pointwise[rule[0]] = self._pointwise_agrees(op.pointwise, rule[1], out, args, kwargs)
+            else:
+                self.shaped[rule[0]] = _fresh_row_major(out, rule[1], args, kwargs)
         if key is not None and key not in self.layouts:
             self.layouts[key] = self._layouts(out, args, kwargs)
         return out
+
+    def _pointwise(
+        self, func, kind: int, args: tuple, kwargs: dict
+    ) -> tuple[Any, tuple[int, ...], Any] | None:
+        """An elementwise op's output made by rule instead of by its meta kernel (Python reference code, 0.1-3 ms a
+        call: gelu, add, mul, silu_), where the rule applies; models call them on ever new shapes, which the cache
+        of exact arguments (``layouts``) does not reuse.
+
+        The rule: when every tensor operand is non-empty and row-major contiguous and one of them has the broadcast
+        shape, the output is a fresh row-major tensor of that shape (what FakeTensor's fast path for add/mul
+        assumes), or, in place, the first argument itself; its dtype depends only on the operands' dtypes, which
+        ones are 0-dim, and the other arguments. So the key is those and which dims have size 1 (where strides are
+        ambiguous), not the sizes, and the first call of each key runs the kernel and checks the rule against it
+        (:meth:`_pointwise_agrees`): a key where they differ keeps the kernel. Returns None where the rule does not
+        apply, else (key, broadcast shape, the output or None when this key has not been checked yet).
+        """
+        tensors: list[torch.Tensor] = []
+        key: list[Any] = [func]
+        for value in args:
+            if isinstance(value, torch.Tensor):
+                tensors.append(value)
+                key.append((value.dtype, tuple(n == 1 for n in value.shape)))
+            else:
+                key.append((type(value), value))
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                tensors.append(value)
+                key.append((name, value.dtype, tuple(n == 1 for n in value.shape)))
+            else:
+                key.append((name, type(value), value))
+        if not tensors:
+            return None
+        for t in tensors:
+            shape = t.shape
+            if not t.is_meta or t.numel() == 0 or t.stride() != _row_major(shape):
+                return None
+        shape = _broadcast_shape([t.shape for t in tensors])
+        if shape is None or all(t.shape != shape for t in tensors):
+            return None
+        if kind == _IN_PLACE:
+            first = args[0] if args else None
+            if first is not tensors[0] or first.shape != shape:
+                return None
+            storage = _storage_key(first)
+            if any(_storage_key(t) == storage for t in tensors[1:]):  # operands overlapping the output
+                return None
+        try:
+            learned = self.pointwise.get(tuple(key), _UNCHECKED)
+        except TypeError:  # an unhashable argument
+            return None
+        if learned is _UNCHECKED:
+            return tuple(key), shape, None
+        if learned is None:  # the kernel disagreed with the rule for this key once
+            return None
+        if kind == _IN_PLACE:
+            return tuple(key), shape, args[0]
+        return tuple(key), shape, torch.empty(shape, dtype=learned, device="meta")
+
+    def _shaped(self, func, op: _Op, args: tuple, kwargs: dict) -> tuple[Any, list, Any] | None:
+        """The outputs of an op of :data:`_SHAPE_RULES` (normalisations, ``addmm``, reductions: Python meta
+        kernels of 1-5 ms a call, met on every stage's shapes) made by its rule, where the rule applies: fresh
+        row-major tensors of the shapes it computes, with dtypes learned, like :meth:`_pointwise`, from the first
+        call of each key (the op, each tensor's dtype, layout class and size-1 dims, the other arguments as the
+        rule reads them) once the kernel is seen to agree. Returns None where the rule does not apply, else (key,
+        shapes, the outputs or None when this key has not been checked yet)."""
+        bound = _bind(op, args, kwargs)
+        classes: list[Any] = []
+        for name, value in bound.items():
+            if isinstance(value, torch.Tensor):
+                cls = _layout_class(value)
+                if cls is None:
+                    return None
+                classes.append((name, value.dtype, cls))
+            elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+                return None
+        ruled = _SHAPE_RULES[func](bound)
+        if ruled is None:
+            return None
+        extra, shapes = ruled
+        key = (func, tuple(classes), extra)
+        try:
+            learned = self.shaped.get(key, _UNCHECKED)
+        except TypeError:
+            return None
+        if learned is _UNCHECKED:
+            return key, shapes, None
+        if learned is None:
+            return None
+        outs = tuple(torch.empty(shape, dtype=d, device="meta") for shape, d in zip(shapes, learned))
+        return key, shapes, outs if len(outs) > 1 else outs[0]
+
+    @staticmethod
+    def _pointwise_agrees(kind: int, shape: tuple[int, ...], out: Any, args: tuple, kwargs: dict) -> Any:
+        """What the rule of :meth:`_pointwise` learns from the kernel's output for a new key: the dtype (or True,
+        in place) where the kernel gave what the rule would have, else None."""
+        if kind == _IN_PLACE:
+            return True if out is args[0] else None
+        if (
+            isinstance(out, torch.Tensor)
+            and out.is_meta
+            and out.layout == torch.strided
+            and not out.is_conj()
+            and not out.is_neg()
+            and out.shape == shape
+            and out.stride() == _row_major(shape)
+            and out.storage_offset() == 0
+            and out.untyped_storage().nbytes() == out.numel() * out.element_size()
+            and all(_storage_key(out) != _storage_key(t) for t in _tensors((args, kwargs)))
+        ):
+            return out.dtype
+        return None
 
     @staticmethod
     def _layouts(out: Any, args: tuple, kwargs: dict) -> list | None:
@@ -612,13 +983,34 @@ def record(model: nn.Module, input_shape: tuple[int, ...], constants: frozenset[
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not any(isinstance(m, _RECURRENT_MODULES) for m in model.modules()):
+        # A model without recurrent layers is first recorded without the function-level mode (see _LayerCalls),
+        # which routes every torch function through Python (a tenth of recording MaxViT). One that calls the
+        # recurrent functions anyway fails there: their device check (weights or state not on meta) or the refused
+        # in-place gating of a cell's steps; those failures are recorded again the full way. Any other failure
+        # would have come the same way in the full mode: it is raised as it is.
+        try:
+            return _record_once(model, input_shape, constants, real=False, layer_calls=False)
+        except _NeedsValues as need:
+            return _record_real(model, input_shape, constants, need)
+        except InputShapeError as exc:
+            if "device" not in str(exc):
+                raise
+        except UnsupportedOpError:
+            pass
     try:
         return _record_once(model, input_shape, constants, real=False)
     except _NeedsValues as need:
-        graph = _record_once(model, input_shape, constants, real=True, need=need)
-        graph.recorded_on = "real"
-        graph.recording_note = _real_note(need, graph.value_reads)
-        return graph
+        return _record_real(model, input_shape, constants, need)
+
+
+def _record_real(
+    model: nn.Module, input_shape: tuple[int, ...], constants: frozenset[str], need: _NeedsValues
+) -> Graph:
+    graph = _record_once(model, input_shape, constants, real=True, need=need)
+    graph.recorded_on = "real"
+    graph.recording_note = _real_note(need, graph.value_reads)
+    return graph
 
 
 def _real_note(need: _NeedsValues, reads: list[ValueRead]) -> str:
@@ -645,6 +1037,7 @@ def _record_once(
     constants: frozenset[str],
     real: bool,
     need: _NeedsValues | None = None,
+    layer_calls: bool = True,
 ) -> Graph:
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -663,7 +1056,11 @@ def _record_once(
             x = torch.empty(input_shape, device="meta")
         input_node = recorder.track(x, None, "input")
         try:
-            with torch.no_grad(), _LayerCalls(recorder), recorder:
+            with (
+                torch.no_grad(),
+                _LayerCalls(recorder) if layer_calls else contextlib.nullcontext(),
+                recorder,
+            ):
                 out = model(x)
         except (UnsupportedOpError, ModelError, InputShapeError):
             raise
@@ -694,8 +1091,11 @@ def _record_once(
                 outputs[name] = node
     finally:
         stack.remove()
+        # Modules come parent first and train() sets a module's descendants too, so restoring only the modules
+        # whose mode changed ends in the same modes; restoring all of them costs a walk of the subtree each.
         for m, mode in modes.items():
-            m.train(mode)
+            if m.training != mode:
+                m.train(mode)
     if not outputs:
         raise ModelError("the model returned no tensor that depends on its input; nothing to analyse")
     graph = Graph(recorder.nodes, recorder.calls, input_node, outputs, tuple(input_shape))
