@@ -1,5 +1,6 @@
-"""The growth guard: an analysis whose index maps outgrow the budget stops at once with one line that names the
-module, the quantity and what to do, instead of running for minutes (GhostNetV2's gates at 193x193 did)."""
+"""The growth guard: index maps that outgrow the budget are coarsened (and the report says so) instead of running
+for minutes (GhostNetV2's gates at 193x193 did); what cannot be brought under it stops at once with one line that
+names the module, the quantity and what to do."""
 
 from __future__ import annotations
 
@@ -40,15 +41,19 @@ def gated_stack() -> nn.Module:
     return nn.Sequential(layers).eval()
 
 
-def test_multiplying_periods_stop_at_the_module_that_overflows() -> None:
-    with pytest.raises(AtrousError) as caught:
-        analyze(gated_stack(), (1, 97, 97))
-    message = str(caught.value)
+def test_multiplying_periods_are_coarsened_where_they_overflow_and_the_report_says_so() -> None:
+    # Until 2026-12-02 this stopped with AnalysisTooLargeError; now the maps past the budget are folded
+    # (tests/rf/test_coarsening.py checks the windows), and every output names where and why.
+    torch.manual_seed(0)
+    model = gated_stack()
+    report = analyze(model, (1, 97, 97))
+    (note,) = [n for n in report.outputs[0].notes if n.startswith("approximate")]
     # gate2 needs period 4,753 (allowed); gate3's resize is the first op over the limit.
-    assert "'gate3:" in message and "upsample_nearest2d" in message
-    assert "118,825 phases" in message and f"limit {support.PHASE_LIMIT:,}" in message
-    assert "input size" in message  # what to do
-    assert "\n" not in message  # the CLI prints one line
+    assert "'gate3:upsample_nearest2d' along H: 118,825)" in note
+    assert f"outgrow {support.PHASE_LIMIT:,} phases" in note and "over-approximation" in note
+    assert "\n" not in note
+    for index in [(12, 12), (0, 0), (24, 24)]:  # the in-image support is not coarsened
+        assert np.array_equal(report.support(index), gradient_support(model, (1, 97, 97), index))
 
 
 def test_the_same_network_at_an_evenly_divided_size_is_analysed_exactly() -> None:
@@ -68,3 +73,33 @@ def test_path_classes_are_counted_against_the_budget(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(propagate, "PHASE_LIMIT", 3)
     with pytest.raises(AtrousError, match=r"classes of paths along (H|W) would need \d+ phases \(limit 3\)"):
         analyze(gated_stack(), (1, 32, 32))
+
+
+class TwoPeriods(nn.Module):
+    """Two pooled-and-resized branches meeting in a sum: each term's map has period 5 or 7, their union 35."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.interpolate(F.avg_pool1d(x, 5), scale_factor=5, mode="nearest")
+        b = F.interpolate(F.avg_pool1d(x, 7), scale_factor=7, mode="nearest")
+        return a + b
+
+
+def test_terms_whose_union_outgrows_the_budget_are_reported_position_by_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The propagation keeps two terms apart when their union would need more phases than the budget
+    # (PeriodicAlgebra.union); the report then read their union anyway and raised a bare GrowthError (a
+    # traceback from the CLI; 181 and 191 at 34,571 did it under the real limit). Each term is exact: the
+    # window of every position is their union there, with no stride or phases (like paths of mixed strides).
+    exact = analyze(TwoPeriods(), (1, 35))
+    monkeypatch.setattr(support, "PHASE_LIMIT", 30)
+    monkeypatch.setattr(propagate, "PHASE_LIMIT", 30)
+    report = analyze(TwoPeriods(), (1, 35))
+    (axis,) = report.outputs[0].axes
+    assert (axis.stride, axis.phases, axis.aligned, axis.approximate) == (None, [], False, False)
+    assert "together they would need 35 phases (limit 30)" in axis.note
+    assert axis.rf == exact.outputs[0].axes[0].rf == 5 + 7 - 1
+    for u in range(35):
+        want, got = exact.window((u,)), report.window((u,))
+        assert want[0] == got[0] and np.array_equal(want[1], got[1])
+    report.to_json()  # every layer's row too

@@ -15,12 +15,13 @@ import numpy as np
 
 from atrous.errors import InputShapeError
 from atrous.rf import layout as L
+from atrous.rf import support as rf_support
 from atrous.rf.algebra import FiniteAlgebra, Term
 from atrous.rf.graph import Graph
 from atrous.rf.outputs import unknown_output
 from atrous.rf.propagate import NodeState, Propagation
 from atrous.rf.rules import AXIS_NAMES, Options
-from atrous.rf.support import AxisMap, Offsets
+from atrous.rf.support import AxisMap, GrowthError, Offsets
 
 
 @dataclass
@@ -38,7 +39,12 @@ class PhaseWindow:
 @dataclass(kw_only=True)  # eleven fields, several of one type: by keyword, none can be swapped silently
 class AxisRF:
     """The receptive field of one tensor along one spatial axis; None (and no holes, no phases) where a
-    quantity does not exist: no pixel reaches the tensor, the field is global, or strides differ."""
+    quantity does not exist: no pixel reaches the tensor, the field is global, or strides differ.
+
+    ``approximate``: the index maps along this axis were coarsened (they outgrew the phase budget, see the
+    tensor's notes). Then rf, holes and coverage bound the exact ones from the windows of the tensor's own
+    positions (never a pixel less), and the stride, padding, phases and alignment, which the coarsened maps
+    give only rounded, are not given (None, none, False)."""
 
     name: str
     rf: int | None  # None: global
@@ -51,6 +57,7 @@ class AxisRF:
     aligned: bool
     phases: list[PhaseWindow] = field(default_factory=list)
     note: str | None = None
+    approximate: bool = False
 
     @property
     def hole_count(self) -> int:
@@ -116,7 +123,9 @@ def _num(x: Fraction | None) -> int | float | None:
 
 
 def _axis_union(maps: list[AxisMap]) -> AxisMap | None:
-    """Union of per-term maps, or None when their strides differ (no single periodic map exists)."""
+    """Union of per-term maps, or None when their strides differ (no single periodic map exists). Raises
+    :class:`GrowthError` when it would need more phases than the budget (the propagation keeps such terms
+    apart, see ``PeriodicAlgebra.union``)."""
     acc = maps[0]
     for m in maps[1:]:
         acc = acc.union(m)
@@ -125,39 +134,79 @@ def _axis_union(maps: list[AxisMap]) -> AxisMap | None:
     return acc
 
 
-def _axis_rf(name: str, maps: list[AxisMap], paths: dict, n_out: int) -> AxisRF:
-    """Summary of one axis of one tensor from the per-term maps (union) and path classes (alignment)."""
-    union = _axis_union(maps) if maps else None
+def _axis_rf(
+    name: str, maps: list[AxisMap], paths: dict, n_out: int, coarse: bool = False, coarse_paths: bool = False
+) -> AxisRF:
+    """Summary of one axis of one tensor from the per-term maps (union) and path classes (alignment).
+    ``coarse``: the maps were folded (propagate's coarsening), ``coarse_paths``: the path classes were."""
+    too_many = None
+    try:
+        union = _axis_union(maps) if maps else None
+    except GrowthError as exc:
+        union, too_many = None, exc.phases
     if not maps or (union is not None and union.is_empty):
         note = "no input pixel reaches this tensor"
         return AxisRF(name=name, rf=0, global_=False, coverage=0.0, aligned=True, note=note)
-    if union is not None and union.has_global:
-        stride = union.stride if not union.is_global else None
-        return AxisRF(name=name, rf=None, global_=True, stride=stride, coverage=1.0, aligned=True)
+    if (union is not None and union.has_global) or (too_many and any(m.has_global for m in maps)):
+        stride = union.stride if union is not None and not union.is_global and not coarse else None
+        return AxisRF(
+            name=name, rf=None, global_=True, stride=stride, coverage=1.0, aligned=True, approximate=coarse
+        )
+    if coarse:
+        # The folded maps contain the exact ones at every position the tensor has: their windows there bound
+        # the exact windows; their strides and phases are rounded (the exact period is over the budget).
+        note = (
+            "approximate (index maps coarsened, see the notes): the window depends on the position; rf is the "
+            f"largest over the {n_out} output positions, at least the exact one; no stride or phases are given"
+        )
+        return _positions_axis(name, maps, n_out, note, approximate=True)
+    if too_many is not None:
+        # Each term's map is exact; only their union has too many phases to build: read them per position.
+        periods = sorted({m.period for m in maps if not m.is_empty})
+        limit = rf_support.PHASE_LIMIT
+        note = (
+            f"paths whose windows repeat every {', '.join(map(str, periods))} positions meet: together they "
+            f"would need {too_many:,} phases (limit {limit:,}), so no stride or phases are given; the window "
+            f"depends on the position; rf is the largest over the {n_out} output positions"
+        )
+        return _positions_axis(name, maps, n_out, note)
     if union is None:
         return _mixed_strides_axis(name, maps, n_out)
-    return _periodic_axis(name, union, paths)
+    return _periodic_axis(name, union, paths, coarse_paths)
 
 
 def _mixed_strides_axis(name: str, maps: list[AxisMap], n_out: int) -> AxisRF:
     """Paths with different strides meet: the window depends on the position; show the largest one."""
+    strides = sorted({str(m.stride) for m in maps if not m.is_empty})
+    note = (
+        f"paths with different strides ({', '.join(strides)}) meet: the window depends on the position; "
+        f"rf is the largest over the {n_out} output positions"
+    )
+    return _positions_axis(name, maps, n_out, note)
+
+
+def _positions_axis(
+    name: str, maps: list[AxisMap], n_out: int, note: str, approximate: bool = False
+) -> AxisRF:
+    """No periodic map to show: the window of every output position (the union of the terms' maps there), the
+    largest one as the rf; no stride, padding or phases."""
     sets = [reduce(lambda acc, m: acc | m.at(u), maps, Offsets.of([])) for u in range(max(n_out, 1))]
     widest = max(sets, key=lambda s: s.extent)
-    strides = sorted({str(m.stride) for m in maps if not m.is_empty})
     return AxisRF(
         name=name,
         rf=widest.extent,
         global_=False,
         holes=widest.holes(),
-        coverage=len(widest) / widest.extent,
+        coverage=len(widest) / widest.extent if widest.extent else 0.0,
         aligned=False,
-        note=f"paths with different strides ({', '.join(strides)}) meet: the window depends on the position; "
-        f"rf is the largest over the {n_out} output positions",
+        note=note,
+        approximate=approximate,
     )
 
 
-def _periodic_axis(name: str, union: AxisMap, paths: dict) -> AxisRF:
-    """One periodic map covers every path: its phases give the windows, the path classes the alignment."""
+def _periodic_axis(name: str, union: AxisMap, paths: dict, coarse_paths: bool = False) -> AxisRF:
+    """One periodic map covers every path: its phases give the windows, the path classes the alignment
+    (unless they were folded, ``coarse_paths``: then the alignment is not claimed)."""
     windows = [PhaseWindow(f, p.lo, p.hi, p.holes()) for f, p in enumerate(union.phases) if not p.empty]
     widest_phase = max(windows, key=lambda w: w.rf)
     widest = union.phases[widest_phase.phase]
@@ -166,6 +215,11 @@ def _periodic_axis(name: str, union: AxisMap, paths: dict) -> AxisRF:
     note = None
     if union.period > 1:
         note = f"{union.period} output phases see different windows (stride {union.stride})"
+    elif coarse_paths:
+        note = (
+            "approximate (path classes coarsened, see the notes): whether every path agrees on the centre of "
+            "the window is not decided, so the axis is not said to be aligned"
+        )
     elif len(centres) > 1:
         found = sorted({Fraction(k[2][0], 2) for k in centres if k[2][0] is not None and k[0] == 1})
         note = "paths disagree on the centre of the window: " + ", ".join(str(c) for c in found)
@@ -178,7 +232,7 @@ def _periodic_axis(name: str, union: AxisMap, paths: dict) -> AxisRF:
         centre=Fraction(first.lo + first.hi, 2) if union.period == 1 else None,
         holes=widest_phase.holes,
         coverage=len(widest) / widest.extent,
-        aligned=union.period == 1 and len(centres) <= 1,
+        aligned=union.period == 1 and len(centres) <= 1 and not coarse_paths,
         phases=windows,
         note=note,
     )
@@ -387,7 +441,9 @@ def tensor_rf(prop: Propagation, state: NodeState, node: int, name: str) -> Tens
     for a in range(prop.spatial):
         maps = [t[a] for t in terms]
         paths = state.paths[a] if state.paths else {}
-        axes.append(_axis_rf(names[a], maps, paths, prop.size(node, a)))
+        axes.append(
+            _axis_rf(names[a], maps, paths, prop.size(node, a), a in state.coarse, a in state.coarse_paths)
+        )
     notes = [n for n in state.notes if n.startswith("global") and any(ax.global_ for ax in axes)]
     notes += [n for n in state.notes if not n.startswith("global")]
     return TensorRF(name, prop.shapes[node], axes, notes, _area_coverage(terms, axes))

@@ -7,7 +7,8 @@ of strided and upsampling paths) and has a size the model handles like the image
 or, at the image's far edge, the image's remainder). The engine gives all three facts; :func:`plan_tiles` asks
 it at the tile size and at the edge tile's size, and refuses when no tiling can be exact (a global receptive
 field, or a model that resamples its features to the input's size at a size that is not a multiple of its
-stride: then its output drifts across the image).
+stride: then its output drifts across the image) or none can be promised (the engine's index maps outgrew
+its budget and were coarsened: it bounds the windows, but gives no exact stride or phases).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class AxisGeometry:
     after: int
     global_: bool = False
     drift: str | None = None  # set when the window moves with the position (stride != 1)
+    # The engine only bounds the windows: its index maps outgrew the phase budget and were coarsened, so the
+    # stride and phases it would give are rounded, not exact (see AxisRF.approximate).
+    approximate: bool = False
 
 
 def _geometry(model: nn.Module, channels: int, size: tuple[int, int]) -> list[AxisGeometry]:
@@ -56,6 +60,8 @@ def _geometry(model: nn.Module, channels: int, size: tuple[int, int]) -> list[Ax
     for a in out.axes:
         if a.global_:
             axes.append(AxisGeometry(1, 0, 0, global_=True))
+        elif a.approximate:
+            axes.append(AxisGeometry(1, 0, 0, approximate=True))
         elif a.stride != 1 or not a.phases:
             axes.append(AxisGeometry(1, 0, 0, drift=str(a.stride)))
         else:
@@ -67,6 +73,15 @@ def _geometry(model: nn.Module, channels: int, size: tuple[int, int]) -> list[Ax
                 )
             )
     return axes
+
+
+def _approximate_error(size: tuple[int, ...]) -> TilingError:
+    return TilingError(
+        f"at {size[0]}x{size[1]} the receptive-field engine can only bound the model's windows: its exact index "
+        "maps outgrow the phase budget (it resamples features to sizes the input does not divide) and were "
+        "coarsened, so no tiling can be promised to equal whole-image inference; pass a --tile that the "
+        "engine analyses exactly, or --approximate-tiles MARGIN"
+    )
 
 
 def _round_up(n: int, p: int) -> int:
@@ -169,7 +184,7 @@ def plan_tiles(
     ``tile``: pixels per side fed to the model ("auto": a core of at least 448 pixels plus the margins; None:
     the whole image). ``overlap``: pixels neighbouring tiles share (margin ``overlap / 2`` each side, warned
     about when below the exact reach). ``approximate``: the margin each side for a model no tiling can
-    reproduce exactly (global receptive field, or drift at this image size)."""
+    reproduce exactly (global receptive field, drift at this image size, or windows the engine can only bound)."""
     h, w = image_size
     min_size = int(getattr(model, "min_size", 1))
     stride = max(1, int(getattr(model, "output_stride", 1) or 1))
@@ -183,10 +198,12 @@ def plan_tiles(
             raise TilingError(f"{name} {value} must be >= 0 pixels")
     base = _round_up(max(512 if auto else int(tile), min_size), stride)
     geo = _geometry(model, channels, (base, base))
-    if any(g.global_ for g in geo):
+    if any(g.global_ or g.approximate for g in geo):
         if approximate is None:
             if (auto and h * w <= GLOBAL_WHOLE_IMAGE) or (not auto and h <= tile and w <= tile):
                 return TilePlan((h, w), (1, 1), ((0, 0), (0, 0)), None, exact=True, whole=True)
+            if not any(g.global_ for g in geo):
+                raise _approximate_error((base, base))
             raise TilingError(
                 f"the model's receptive field is global (image pooling, attention or normalisation over "
                 f"space): no tiling of a {h}x{w} image equals whole-image inference; pass an approximate "
@@ -250,8 +267,10 @@ def _check_edges(model: nn.Module, channels: int, size: tuple[int, int], plan: T
         return
     for shape in {tuple(plan.tile), edge}:
         for axis, g in enumerate(_geometry(model, channels, shape)):
-            if (g.drift or g.global_) and size[axis] <= plan.tile[axis]:
+            if (g.drift or g.global_ or g.approximate) and size[axis] <= plan.tile[axis]:
                 continue  # one window spans this axis: the tile is the image, whatever the model does
+            if g.approximate:
+                raise _approximate_error(shape)
             if g.drift or g.global_:
                 p = plan.period[axis]
                 raise TilingError(
