@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from atrous.rf import analyze
-from atrous.rf.algebra import FiniteAlgebra, PeriodicAlgebra, Union, union_of, union_terms
+from atrous.rf.algebra import FiniteAlgebra, PeriodicAlgebra, Union, union_of
 from atrous.rf.support import GLOBAL, AxisMap, Offsets
 from oracle import gradient_support
 
@@ -69,7 +69,7 @@ def unions(draw: st.DrawFn) -> list:
     groups = []
     for _ in range(draw(st.integers(1, 4))):
         terms = draw(st.lists(term, max_size=14))
-        groups.append(union_terms(alg, terms) if draw(st.booleans()) else terms)
+        groups.append(union_of(alg, [terms]) if draw(st.booleans()) else terms)
     if draw(st.booleans()):
         groups.append(groups[0])
     return groups
@@ -82,13 +82,13 @@ def test_union_of_gives_the_terms_of_the_plain_loop(groups: list) -> None:
     want = plain_union(alg, [t for g in groups for t in g])
     got = union_of(alg, groups)
     assert tuple(got) == want
-    assert union_terms(alg, got) is got  # idempotent: a Union comes back as it is
+    assert union_of(alg, [got]) is got  # idempotent: a Union comes back as it is
 
 
 def test_a_union_of_unions_drops_the_copies_of_one_read_twice() -> None:
     alg = PeriodicAlgebra()
     a, b = AxisMap.affine(1, Offsets.interval(-1, 1)), AxisMap.affine(1, Offsets.of([-5, 5]))
-    u = union_terms(alg, [(a, b), (b, a)])
+    u = union_of(alg, [[(a, b), (b, a)]])
     assert len(u) == 2 and isinstance(u, Union)
     assert union_of(alg, [u, u]) == u
 
@@ -99,7 +99,7 @@ def test_the_finite_algebra_gives_the_terms_of_the_plain_loop() -> None:
     terms = [(rng.random((6, 6)) < 0.3, rng.random((5, 5)) < 0.3) for _ in range(12)]
     terms += [(t[0] | (rng.random((6, 6)) < 0.2), t[1]) for t in terms[:6]]
     want = plain_union(alg, terms)
-    got = union_of(alg, [terms[:9], union_terms(alg, terms[9:])])
+    got = union_of(alg, [terms[:9], union_of(alg, [terms[9:]])])
     assert len(got) == len(want)
     assert all(all(np.array_equal(x, y) for x, y in zip(s, t)) for s, t in zip(got, want))
 

@@ -282,14 +282,9 @@ class Union(tuple):
     returned as it is, and its terms are not compared with one another again (see :func:`union_of`)."""
 
 
-def union_terms(alg: Algebra, terms: Sequence[Term]) -> Union:
-    """A union of products, without terms contained in others, merging pairs that differ in one axis
-    (``A x B  |  A x C  =  A x (B | C)``, exact); see :func:`union_of`."""
-    return union_of(alg, [terms])
-
-
 def union_of(alg: Algebra, unions: Sequence[Sequence[Term]]) -> Union:
-    """:func:`union_terms` of all the terms of ``unions``, in order."""
+    """The union of products of all the terms of ``unions``, in order, without terms contained in others,
+    merging pairs that differ in one axis (``A x B  |  A x C  =  A x (B | C)``, exact)."""
     # Why the result reaches exactly the same pixels as the terms (at every output position, a term reaches the
     # product of its per-axis sets there):
     # * a term with an empty factor is an empty product, so dropping it loses nothing;
@@ -460,7 +455,7 @@ def _known(a: _Entry, b: _Entry) -> bool:
 
 
 def same_terms(alg: Algebra, a: Sequence[Term], b: Sequence[Term]) -> bool:
-    """Whether two outputs of :func:`union_terms` hold the same terms (in any order); False may be a miss."""
+    """Whether two outputs of :func:`union_of` hold the same terms (in any order); False may be a miss."""
     if len(a) != len(b):
         return False
     return all(any(all(alg.equal(x, y) for x, y in zip(s, t)) for t in b) for s in a)
