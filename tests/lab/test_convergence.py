@@ -40,7 +40,9 @@ def test_a_late_climb_keeps_the_run_going() -> None:
 def test_solved_stops_at_once() -> None:
     assert convergence.stop_epoch([0.5, 0.9, 0.98, 0.999] + [1.0] * 20, [OK] * 24) == 4
     # The partial-solution clause comes first: no stop while a class is never predicted.
-    assert convergence.stop_epoch([0.5, 0.999, 0.999, 0.999], [OK, [1.0, 0.0, 0.99], [1.0, 0.0, 0.99], OK]) == 4
+    assert (
+        convergence.stop_epoch([0.5, 0.999, 0.999, 0.999], [OK, [1.0, 0.0, 0.99], [1.0, 0.0, 0.99], OK]) == 4
+    )
 
 
 def test_never_stops_on_a_partial_solution() -> None:

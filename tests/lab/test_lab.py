@@ -322,7 +322,9 @@ def test_audit_end_to_end_on_tiny(capsys: pytest.CaptureFixture, tmp_path: Path)
     """`atrous lab --audit` trains each configuration 3x its cap, reads the rule's stop off the same curve and
     exits 0 when the target is met, 1 when it is missed (12-step tiny runs cannot converge: missed or not, the
     table must hold one row per configuration with the stop within the cap)."""
-    code = main(["lab", "--audit", "--preset", "tiny", "--only", "ex5", "--seeds", "40,", "--out", str(tmp_path)])
+    code = main(
+        ["lab", "--audit", "--preset", "tiny", "--only", "ex5", "--seeds", "40,", "--out", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert "3 runs (the configurations x seeds [40])" in out and "expected about" in out
     report = json.loads((tmp_path / "audit.json").read_text())

@@ -1,6 +1,7 @@
-"""The recorder's shortcuts around meta kernels (graph.py): outputs made by rule must be the kernel's, exactly.
+"""The recorder's shortcuts around meta kernels (meta_shape_rules.py, graph.py): outputs made by rule must be the
+kernel's, exactly.
 
-Elementwise ops (``_Recorder._pointwise``) and the ops of ``_SHAPE_RULES`` get their outputs from a rule once the
+Elementwise ops (``LearnedRules.pointwise``) and the ops of ``SHAPE_RULES`` get their outputs from a rule once the
 first call of a key agreed with the kernel; the rule must give the same shape, strides, dtype and storage as the
 kernel on every later shape, refuse where the kernel would refuse, and never answer for aliasing or overlapping
 arguments. The other shortcuts (process-wide module hooks, recording without the function-level mode) must
@@ -9,12 +10,16 @@ leave the graph, the module names and the model's modes as they were.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
 
+from atrous.errors import InputShapeError
 from atrous.rf import graph as G
+from atrous.rf import meta_shape_rules as R
 
 A = torch.ops.aten
 
@@ -76,7 +81,7 @@ def test_pointwise_rule_gives_the_kernels_output_on_every_shape(case: int) -> No
     for shape in SHAPES:
         args, kwargs = make(shape)
         same_out(rec._run(func, args, kwargs, "", True), func(*args, **kwargs))  # may teach a new key
-        made = rec._pointwise(func, G._FRESH, args, kwargs)[2]
+        made = rec.rules.pointwise(func, R.FRESH, args, kwargs)[2]
         assert made is not None  # now answered by the rule
         same_out(made, func(*args, **kwargs))
         same_out(rec._run(func, args, kwargs, "", True), func(*args, **kwargs))
@@ -85,12 +90,12 @@ def test_pointwise_rule_gives_the_kernels_output_on_every_shape(case: int) -> No
 @pytest.mark.parametrize("case", range(len(IN_PLACE)))
 def test_in_place_rule_returns_the_written_tensor(case: int) -> None:
     func, make = IN_PLACE[case]
-    assert G._op(func).pointwise == G._IN_PLACE
+    assert G._op(func).pointwise == R.IN_PLACE
     rec = recorder()
     for shape in SHAPES:
         args, kwargs = make(shape)
         assert rec._run(func, args, kwargs, "", True) is args[0]
-        assert rec._pointwise(func, G._IN_PLACE, args, kwargs)[2] is args[0]
+        assert rec.rules.pointwise(func, R.IN_PLACE, args, kwargs)[2] is args[0]
         assert rec._run(func, args, kwargs, "", True) is args[0]
 
 
@@ -114,51 +119,51 @@ def test_no_rule_for_overlapping_or_non_row_major_operands() -> None:
     rec = recorder()
     x = meta(4, 6)
     # In place with an operand on the written storage: the kernel decides.
-    assert rec._pointwise(A.add_.Tensor, G._IN_PLACE, (x, x[0]), {}) is None
-    assert rec._pointwise(A.gelu.default, G._FRESH, (x.t(),), {}) is None  # transposed
-    assert rec._pointwise(A.gelu.default, G._FRESH, (x[:, ::2],), {}) is None  # strided
-    assert rec._pointwise(A.gelu.default, G._FRESH, (meta(0, 3),), {}) is None  # empty
+    assert rec.rules.pointwise(A.add_.Tensor, R.IN_PLACE, (x, x[0]), {}) is None
+    assert rec.rules.pointwise(A.gelu.default, R.FRESH, (x.t(),), {}) is None  # transposed
+    assert rec.rules.pointwise(A.gelu.default, R.FRESH, (x[:, ::2],), {}) is None  # strided
+    assert rec.rules.pointwise(A.gelu.default, R.FRESH, (meta(0, 3),), {}) is None  # empty
     odd = torch.empty_strided((1, 6), (99, 1), device="meta")  # contiguous, but not row-major strides
-    assert rec._pointwise(A.gelu.default, G._FRESH, (odd,), {}) is None
-    assert G._layout_class(x[:, ::2]) is None and G._layout_class(meta(4, 1).expand(4, 3)) is None
-    assert G._layout_class(x.t()) == ((1, 0), (False, False))
+    assert rec.rules.pointwise(A.gelu.default, R.FRESH, (odd,), {}) is None
+    assert R.layout_class(x[:, ::2]) is None and R.layout_class(meta(4, 1).expand(4, 3)) is None
+    assert R.layout_class(x.t()) == ((1, 0), (False, False))
 
 
 def test_a_key_the_kernel_disagreed_with_keeps_the_kernel() -> None:
     rec = recorder()
     args = (meta(2, 3),)
-    key = rec._pointwise(A.sigmoid.default, G._FRESH, args, {})[0]
-    rec.pointwise[key] = None  # as if the kernel had disagreed
-    assert rec._pointwise(A.sigmoid.default, G._FRESH, args, {}) is None
+    key = rec.rules.pointwise(A.sigmoid.default, R.FRESH, args, {})[0]
+    rec.rules.pointwise_keys[key] = None  # as if the kernel had disagreed
+    assert rec.rules.pointwise(A.sigmoid.default, R.FRESH, args, {}) is None
     same_out(rec._run(A.sigmoid.default, args, {}, "", True), A.sigmoid.default(*args))
     # The check itself: an output that is an argument, or not row-major, teaches nothing.
     x = meta(2, 3)
-    assert G._fresh_row_major(x, [(2, 3)], (x,), {}) is None
-    assert G._fresh_row_major(meta(3, 2).t(), [(2, 3)], (x,), {}) is None
-    assert G._fresh_row_major(meta(2, 3), [(2, 3)], (x,), {}) == (torch.float32,)
+    assert R.fresh_row_major(x, [(2, 3)], [x]) is None
+    assert R.fresh_row_major(meta(3, 2).t(), [(2, 3)], [x]) is None
+    assert R.fresh_row_major(meta(2, 3), [(2, 3)], [x]) == (torch.float32,)
 
 
 def test_rule_kinds_only_for_ops_that_neither_alias_nor_write_elsewhere() -> None:
-    kinds = {G._FRESH: 0, G._IN_PLACE: 0}
+    kinds = {R.FRESH: 0, R.IN_PLACE: 0}
     for name in dir(torch.ops.aten):
         packet = getattr(torch.ops.aten, name, None)
         if not isinstance(packet, torch._ops.OpOverloadPacket):
             continue
         for overload in packet.overloads():
             func = getattr(packet, overload)
-            kind = G._pointwise_kind(func, G._cacheable(func))
+            kind = R.pointwise_kind(func, G._cacheable(func))
             if not kind:
                 continue
             kinds[kind] += 1
             schema = func._schema
             written = [a.name for a in schema.arguments if a.alias_info is not None]
             assert len(schema.returns) == 1
-            if kind == G._FRESH:
+            if kind == R.FRESH:
                 assert not schema.is_mutable and not written and schema.returns[0].alias_info is None
             else:
                 assert written == ["self"] and schema.returns[0].alias_info.is_write
-    assert kinds[G._FRESH] > 150 and kinds[G._IN_PLACE] > 50
-    for func in G._SHAPE_RULES:
+    assert kinds[R.FRESH] > 150 and kinds[R.IN_PLACE] > 50
+    for func in R.SHAPE_RULES:
         assert G._cacheable(func) and not G._op(func).pointwise
 
 
@@ -203,10 +208,10 @@ def test_shape_rules_give_the_kernels_outputs(case: int) -> None:
         args, kwargs = make(*size)
         kernel = func(*args, **kwargs)
         same_out(rec._run(func, args, kwargs, "", True), kernel)  # may teach a new key
-        rule = rec._shaped(func, G._op(func), args, kwargs)
+        rule = rec.rules.shaped(func, G._op(func).arguments, args, kwargs)
         if rule is None:  # refused after the kernel disagreed: only where its outputs are not fresh row-major
             shapes = [tuple(t.shape) for t in (kernel if isinstance(kernel, tuple) else (kernel,))]
-            assert G._fresh_row_major(kernel, shapes, args, kwargs) is None
+            assert R.fresh_row_major(kernel, shapes, G._tensors((args, kwargs))) is None
             continue
         answered += 1
         same_out(rule[2], kernel)
@@ -221,12 +226,14 @@ def test_a_size_one_pattern_the_rule_gets_wrong_is_refused() -> None:
         args = (meta(n, c, h, w).permute(0, 2, 3, 1), [c], None, None, 1e-6)
         same_out(rec._run(norm, args, {}, "", True), norm(*args))
     assert (
-        rec._shaped(norm, G._op(norm), (meta(1, 1, 1, 4).permute(0, 2, 3, 1), [1], None, None, 1e-6), {})
+        rec.rules.shaped(
+            norm, G._op(norm).arguments, (meta(1, 1, 1, 4).permute(0, 2, 3, 1), [1], None, None, 1e-6), {}
+        )
         is None
     )
-    assert rec._shaped(norm, G._op(norm), (meta(1, 4, 5, 5).permute(0, 2, 3, 1), [4], None, None, 1e-6), {})[
-        2
-    ]
+    assert rec.rules.shaped(
+        norm, G._op(norm).arguments, (meta(1, 4, 5, 5).permute(0, 2, 3, 1), [4], None, None, 1e-6), {}
+    )[2]
 
 
 class Blocks(nn.Module):
@@ -262,8 +269,8 @@ def graph_text(graph: G.Graph) -> list[str]:
 def test_graph_is_the_same_without_the_rules(monkeypatch: pytest.MonkeyPatch, size: tuple[int, ...]) -> None:
     model = Blocks().eval()
     fast = G.record(model, size)
-    monkeypatch.setattr(G._Recorder, "_pointwise", lambda *a: None)
-    monkeypatch.setattr(G, "_SHAPE_RULES", {})
+    monkeypatch.setattr(R.LearnedRules, "pointwise", lambda *a: None)
+    monkeypatch.setattr(R, "SHAPE_RULES", {})
     slow = G.record(model, size)
     assert graph_text(fast) == graph_text(slow)
     assert len(fast.calls) > 20
@@ -312,3 +319,55 @@ def test_recurrent_function_without_a_recurrent_module_is_one_call() -> None:
     graph = G.record(DirectLSTM().eval(), (1, 3, 4, 4))
     assert [c.name for c in graph.calls][-1] == "aten.lstm.input"
     assert sum(c.packet == "aten.lstm" for c in graph.calls) == 1
+
+
+def test_the_default_dtype_is_part_of_every_key() -> None:
+    """Integer operands promote to the default dtype (``sigmoid``, true division, ``full(size, 0.5)``): what a key
+    learned under one default dtype must not answer under another, for the rules and the cache of layouts alike."""
+    cases = [
+        (A.sigmoid.default, lambda: ((meta(2, 3, dtype=torch.int64),), {})),
+        (A.div.Tensor, lambda: ((meta(2, 3, dtype=torch.int64), 2), {})),
+        (A.full.default, lambda: (([2, 3], 0.5), {"device": torch.device("meta")})),
+    ]
+    rec, default = recorder(), torch.get_default_dtype()
+    try:
+        for dtype in (torch.float32, torch.float64, torch.float32):
+            torch.set_default_dtype(dtype)
+            for func, make in cases:
+                args, kwargs = make()
+                out = rec._run(func, args, kwargs, "", True)
+                same_out(out, func(*args, **kwargs))
+                assert out.dtype == dtype
+    finally:
+        torch.set_default_dtype(default)
+
+
+class Reuse(nn.Module):
+    """One module called three times (once inside another), one that fails, one called from another thread."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.inner = nn.Sequential(self.conv, nn.ReLU())
+        self.other = nn.Conv2d(4, 4, 1)
+        self.last = nn.Conv2d(4, 4, 9 if fail else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        thread = threading.Thread(target=lambda: self.other(torch.zeros(1, 4, 2, 2)))
+        thread.start()
+        thread.join()
+        return self.last(self.inner(self.conv(x)) + self.conv(x))
+
+
+def test_module_names_with_reuse_threads_and_failures() -> None:
+    hooks = (len(module_globals._global_forward_hooks), len(module_globals._global_forward_pre_hooks))
+    for _ in range(2):  # twice in a row: the same names
+        graph = G.record(Reuse().eval(), (1, 4, 5, 5))
+        convs = [c.module for c in graph.calls if c.packet == "aten.convolution"]
+        assert convs == ["conv", "conv#2", "conv#3", "last"]
+        assert [c.module for c in graph.calls if c.packet == "aten.relu"] == ["inner.1"]
+    model = Reuse(fail=True)
+    with pytest.raises(InputShapeError, match="at module 'last'"):
+        G.record(model, (1, 4, 5, 5))
+    assert model.training and all(m.training for m in model.modules())
+    assert (len(module_globals._global_forward_hooks), len(module_globals._global_forward_pre_hooks)) == hooks
