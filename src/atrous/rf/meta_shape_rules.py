@@ -345,17 +345,5 @@ def pointwise_agrees(kind: int, shape: tuple[int, ...], out: Any, inputs: list[t
     (or True, in place) where the kernel gave what the rule would have, else None."""
     if kind == IN_PLACE:
         return True if inputs and out is inputs[0] else None
-    if (
-        isinstance(out, torch.Tensor)
-        and out.is_meta
-        and out.layout == torch.strided
-        and not out.is_conj()
-        and not out.is_neg()
-        and out.shape == shape
-        and out.stride() == row_major(shape)
-        and out.storage_offset() == 0
-        and out.untyped_storage().nbytes() == out.numel() * out.element_size()
-        and all(storage_key(out) != storage_key(t) for t in inputs)
-    ):
-        return out.dtype
-    return None
+    dtypes = fresh_row_major(out, [shape], inputs) if isinstance(out, torch.Tensor) else None
+    return dtypes[0] if dtypes else None
