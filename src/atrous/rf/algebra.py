@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from math import gcd
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,13 +22,12 @@ import numpy as np
 from atrous.rf.rules import AxisRule
 from atrous.rf.support import (
     EMPTY,
-    EMPTY_MAP,
     GLOBAL,
     IDENTITY,
     AxisMap,
     GrowthError,
     Offsets,
-    check_period,
+    compose,
 )
 
 
@@ -60,7 +58,7 @@ class PeriodicAlgebra:
         key = (m, rule.periodic)
         found = self._composed.get(key)
         if found is None:
-            found = self._composed[key] = compose_maps(m, rule.periodic)
+            found = self._composed[key] = compose(m, rule.periodic)
         return found
 
     def union(self, a: AxisMap, b: AxisMap) -> AxisMap | None:
@@ -91,50 +89,6 @@ class PeriodicAlgebra:
             return None
         p = m.phases[0]
         return None if p.empty or p.is_global else (m.advance, p.lo, p.hi)
-
-
-def compose_maps(inner: AxisMap, rule: AxisMap) -> AxisMap:
-    """:func:`atrous.rf.support.compose`, the same map, in a few integer operations per tap.
-
-    Each phase of the result is the union, over the rule's taps ``e``, of ``inner`` at ``j * advance + e``
-    (a Minkowski sum of an inner phase and a whole number of inner advances is that phase shifted); it is
-    built here on the bitsets themselves, without an :class:`Offsets` per step. Maps of a few thousand phases
-    (GhostNetV2 at 193x193: 2,401, through 3x3 and 5x1 convolutions) took a third of its analysis.
-    ``tests/rf/test_coarsening.py`` checks it against ``compose`` on random maps."""
-    if inner.is_empty or rule.is_empty:
-        return EMPTY_MAP
-    P, A = inner.period, inner.advance
-    k = P // gcd(rule.advance, P)
-    check_period(k * rule.period)
-    t = k * rule.advance // P
-    ends = [None if p.is_global else (p.lo, p.bits) for p in inner.phases]
-    phases: list[Offsets] = []
-    for j in range(k):
-        base = j * rule.advance
-        for taps in rule.phases:
-            if taps.is_global:
-                phases.append(GLOBAL)
-                continue
-            lo = bits = 0
-            whole = False
-            for e in taps:
-                q, r = divmod(base + e, P)
-                found = ends[r]
-                if found is None:  # a global inner phase: the union is global
-                    whole = True
-                    break
-                plo, pbits = found
-                if not pbits:
-                    continue
-                plo += q * A
-                if not bits:
-                    lo, bits = plo, pbits
-                elif plo >= lo:
-                    bits |= pbits << (plo - lo)
-                else:
-                    lo, bits = plo, (bits << (lo - plo)) | pbits
-            phases.append(GLOBAL if whole else Offsets(lo, bits) if bits else EMPTY)
-    return AxisMap(k * rule.period, t * A, tuple(phases)).normalized()
 
 
 def composed_at(inner: AxisMap, rule: AxisMap) -> Callable[[int], Offsets]:

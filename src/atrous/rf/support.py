@@ -366,7 +366,10 @@ def compose(inner: AxisMap, rule: AxisMap) -> AxisMap:
     ``rule(u)`` lists the op-input indices read by output ``u``; ``inner(v)`` the network-input pixels behind
     op-input ``v``. Write ``u = q' P' + f'``. A whole number ``k`` of rule periods moves the op-input index by
     ``k A'``, a multiple of the inner period ``P`` once ``k = P / gcd(A', P)``; so the result has period
-    ``k P'`` and advance ``k A' A / P``, and each of its phases is a finite union of shifted inner phases.
+    ``k P'`` and advance ``k A' A / P``, and each of its phases is a finite union of shifted inner phases
+    (a Minkowski sum of an inner phase and a whole number of inner advances is that phase shifted), built on
+    the bitsets themselves, in a few integer operations per tap: maps of a few thousand phases (GhostNetV2 at
+    193x193) made the set-by-set version a third of the analysis.
     """
     if inner.is_empty or rule.is_empty:
         return EMPTY_MAP
@@ -374,25 +377,33 @@ def compose(inner: AxisMap, rule: AxisMap) -> AxisMap:
     k = P // gcd(rule.advance, P)
     check_period(k * rule.period)
     t = k * rule.advance // P
-    whole = None  # union of every inner phase: what a GLOBAL rule phase reads
+    ends = [None if p.is_global else (p.lo, p.bits) for p in inner.phases]
     phases: list[Offsets] = []
     for j in range(k):
-        for e_set in rule.phases:
-            if e_set.is_global:
-                if whole is None:
-                    whole = GLOBAL if not inner.is_empty else EMPTY
-                phases.append(whole)
+        base = j * rule.advance
+        for taps in rule.phases:
+            if taps.is_global:
+                phases.append(GLOBAL)
                 continue
-            # Group the rule's taps by the inner phase they land in: one Minkowski sum per inner phase.
-            by_phase: dict[int, list[int]] = {}
-            for e in e_set:
-                w = j * rule.advance + e
-                q, r = divmod(w, P)
-                by_phase.setdefault(r, []).append(q * A)
-            acc = EMPTY
-            for r, shifts in by_phase.items():
-                acc = acc | inner.phases[r].minkowski(Offsets.of(shifts))
-            phases.append(acc)
+            lo = bits = 0
+            whole = False
+            for e in taps:
+                q, r = divmod(base + e, P)
+                found = ends[r]
+                if found is None:  # a global inner phase: the union is global
+                    whole = True
+                    break
+                plo, pbits = found
+                if not pbits:
+                    continue
+                plo += q * A
+                if not bits:
+                    lo, bits = plo, pbits
+                elif plo >= lo:
+                    bits |= pbits << (plo - lo)
+                else:
+                    lo, bits = plo, (bits << (lo - plo)) | pbits
+            phases.append(GLOBAL if whole else Offsets(lo, bits) if bits else EMPTY)
     return AxisMap(k * rule.period, t * A, tuple(phases)).normalized()
 
 
