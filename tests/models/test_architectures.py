@@ -213,6 +213,34 @@ def test_context_module_identity_initialisation() -> None:
     assert (large - x).abs().max() < 0.5 and not torch.allclose(large, x)
 
 
+def test_nearest_logits_are_constant_on_each_stride_block() -> None:
+    """``upsample=nearest`` repeats each stride-8 logit over its 8 x 8 block; bilinear logits vary inside it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 40, 48)
+    for upsample, constant in (("nearest", True), ("bilinear", False)):
+        torch.manual_seed(1)
+        out = atrous.create_model(f"deeplabv3_small:upsample={upsample}").eval()(x)
+        blocks = out.reshape(2, 2, 5, 8, 6, 8)
+        spread = (blocks.amax((3, 5)) - blocks.amin((3, 5))).max().item()
+        assert (spread == 0) == constant, (upsample, spread)
+
+
+def test_normalised_scores_give_a_class_dead_at_the_context_module_a_gradient() -> None:
+    """A class whose front-end score is negative everywhere: the freshly built context module's first ReLU
+    blocks every gradient to it (identity init: its channel is the only one reading that score), so it can stay
+    unpredicted; batch-normalised scores are positive on part of the image and let the gradient through."""
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
+    grads = {}
+    for scores in ("raw", "norm"):
+        torch.manual_seed(0)
+        net = atrous.create_model(f"context:num_classes=3,scores={scores}").train()
+        with torch.no_grad():
+            net.front.head.bias[1] = -1e3  # class 1 scores far below zero at every pixel
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        grads[scores] = net.front.head.weight.grad[1].abs().sum().item()
+    assert grads["raw"] == 0.0 and grads["norm"] > 1e-3, grads
+
+
 def test_context_module_rf_per_layer() -> None:
     report = analyze(ContextModule(4), (4, 100, 100))
     assert [r.tensor.rf[0] for r in report.layers() if r.op == "convolution"] == [3, 5, 9, 17, 33, 65, 67, 67]
@@ -231,6 +259,7 @@ def test_unet_rf_without_pooling_branches_against_oracle() -> None:
     for spec in (
         "unet:up=bilinear,depth=2,width=4",
         "deeplabv3_small:image_pooling=false",
+        "deeplabv3_small:image_pooling=false,upsample=nearest",
         "deeplabv3plus_small:image_pooling=false",
     ):
         torch.manual_seed(0)
@@ -259,6 +288,8 @@ def test_unet_rf_without_pooling_branches_against_oracle() -> None:
         ),
         (lambda: atrous.create_model("unet")(torch.randn(1, 3, 20, 64)), InputShapeError, "H and W >= 32"),
         (lambda: atrous.create_model("convstack:preset=huge"), ModelError, "unknown convstack preset"),
+        (lambda: atrous.create_model("deeplabv3_small:upsample=cubic"), ModelError, "upsample='cubic'"),
+        (lambda: atrous.create_model("context:scores=probs"), ModelError, "scores='probs': use one of raw"),
     ],
 )
 def test_bad_input(call, error: type, message: str) -> None:

@@ -39,11 +39,13 @@ class Segmenter(nn.Module):
             )
 
 
-def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Bilinear resize to an exact size (align_corners=False), no "divisible by 32" requirement.
+def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, ...], mode: str = "bilinear") -> torch.Tensor:
+    """Bilinear (align_corners=False) or nearest resize to an exact size, no "divisible by 32" requirement.
 
     No shortcut for an equal size: a Python branch on shapes would be frozen by ONNX tracing."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
 def match_size(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
