@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from atrous.lab import audit, convergence
 from atrous.lab.convergence import ANNEAL_FACTOR, CONVERGED, IMPROVING, MIN_EPOCHS, TRIVIAL, WINDOW
@@ -126,3 +127,33 @@ def test_a_class_out_of_the_models_reach_is_not_a_training_failure() -> None:
     assert convergence.health(plateau, dead) == TRIVIAL
     assert convergence.health(plateau, dead, out_of_reach={1}) == CONVERGED
     assert convergence.stop_epoch(plateau, [dead] * len(plateau), {1}) == MIN_EPOCHS
+
+
+def test_a_class_no_stride_block_is_mostly_of_is_out_of_reach_of_nearest_logits() -> None:
+    """Logits repeated over 8 x 8 blocks: 3 px squares are never the most frequent label of a block of the lab's
+    regime (b) images, so the small class is out of reach; bilinear logits can place it between grid points."""
+    from atrous.lab.jobs import block_outvoted, out_of_reach
+
+    data, spec = "scale:size=32,n=64,small=3,large=7", "deeplabv3_small:aspp_channels=8,rates=1,2,3"
+    assert out_of_reach(f"{spec},upsample=nearest", data) == {1}
+    assert out_of_reach(spec, data) == frozenset()
+
+    class Labels:  # two 16 x 16 images, blocks of 8, counted by hand
+        size, num_classes = 16, 4
+
+        def __init__(self) -> None:
+            a = torch.zeros(16, 16, dtype=torch.long)
+            a[0:3, 0:3] = 1  # 9 of block (0, 0): outvoted by background
+            a[8:16, 8:16] = 2  # all of block (1, 1)
+            b = torch.zeros(16, 16, dtype=torch.long)
+            b[0:8, 8:12] = 3  # half of block (0, 1): a tie with background counts as a win
+            self.maps = [a, b]
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int):
+            return None, self.maps[i]
+
+    assert block_outvoted(Labels(), 8) == {1}
+    assert block_outvoted(Labels(), 5) == frozenset()  # 16 is not a multiple of 5: no aligned blocks

@@ -24,9 +24,11 @@ cap``; ``partial solution (a class never predicted)``: a class of the validation
 ``TRIVIAL_IOU`` although some of its pixels are within the model's reach. The centre of a square needs less
 context than its corners (``need_block``), so a class is out of reach only when even its squares' centres need
 more than the model's RF (``jobs.out_of_reach``: Exercise 4's rate-1 head and the 12 px squares; the design audit
-on seed 10 found that head flagged as a failure while a 3x longer run ended at the same 0.742). A class within
-reach that is never predicted is a training failure, not an RF limit; seen on check seed 20, where a dilated
-U-Net in the control regime stopped at 0.66 mIoU with the small class dead.
+on seed 10 found that head flagged as a failure while a 3x longer run ended at the same 0.742). A model whose logits
+are repeated over stride x stride blocks (Exercise 3's DeepLab) cannot output a class that is the most frequent
+label of no such block (``jobs.block_outvoted``: the 3 px squares at stride 8), so that class is out of its reach
+too. A class within reach that is never predicted is a training failure, not an RF limit; seen on check seed 20,
+where a dilated U-Net in the control regime stopped at 0.66 mIoU with the small class dead.
 
 Tried and not adopted (designed on seed 10, checked on audit seed 41; BENCHMARKS.md): annealing the learning
 rate on the first plateau (6 epochs minimum, 4-epoch window, then 3 epochs at 0.1x) instead of stopping there.
@@ -57,7 +59,8 @@ RULE = (
     f"one stopping rule for every run: a run stops once its validation mIoU is >= {SOLVED}, or, after at least "
     f"{MIN_EPOCHS} epochs, once its best mIoU of the last {WINDOW} epochs is no more than {MIN_GAIN} above its "
     "best before them, but never while a class within the model's reach (some of its pixels need no more than the "
-    "model's RF) is not predicted at all; at the latest at the step cap. The learning "
+    "model's RF, and, for logits repeated over stride blocks, some block holds more of it than of any other "
+    "label) is not predicted at all; at the latest at the step cap. The learning "
     "rate is constant after warm-up, so a stopped run is the prefix of a longer one (the convergence audit "
     "compares the two)"
 )

@@ -19,7 +19,7 @@ def regimes(p: Preset) -> list[design.Regime]:
     module of Exercise 3 (ASPP's rates are chosen afterwards, to cover regime (a)); regime (b) below the RF of
     every model compared, Exercise 3's undilated ASPP included."""
     standard, dilated = design.unets(p.unet_width, p.unet_depth, p.max_rate, p.size)
-    ctx = f"context:front_width={p.context_width}"
+    ctx = p.context
     context = design.describe("", ctx, p.size)
     flat = design.describe("", f"{ctx},context_rates={design.UNDILATED_CONTEXT}", p.size)
     flat_aspp = design.describe("", f"aspp_net:width={p.aspp_width},rates=1,1,1", p.size)

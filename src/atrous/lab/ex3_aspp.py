@@ -3,7 +3,10 @@ regimes of Exercise 2; and DeepLabv3, whose output stride predicts what it does 
 
 The ASPP rates (1, r, 2r) are the smallest whose RF covers regime (a)'s need, chosen by the engine; the
 small DeepLab's ASPP rates are scaled to its feature map (stride 8 on the lab's small images leaves a few
-pixels per side)."""
+pixels per side). Its logits are resized nearest (``upsample=nearest``), so that the output stride is the hard
+grid the prediction speaks of: bilinear logits let a model learn, slowly, to put boundaries between grid points,
+and on design seed 10 such a DeepLab was still improving after 48 epochs (0.843 -> 0.854 mIoU from epoch 24 to
+48 in regime (a)), where the nearest one had stopped improving by epoch 10."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def plan(p: Preset) -> list[tuple[design.Regime, list[compare.Contest]]]:
     out = []
     for regime in regimes:
         d = lambda label, spec, size=regime.size: design.describe(label, spec, size)  # noqa: E731
-        ctx = f"context:front_width={p.context_width}"
+        ctx = p.context
         aspp = f"aspp_net:width={p.aspp_width},rates="
         # The stride contest's control is the dilated U-Net: full-resolution logits and an RF that covers both
         # regimes, so that the output stride is the one difference the engine sees.

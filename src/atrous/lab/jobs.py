@@ -124,7 +124,9 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
 
 def out_of_reach(model: str, data: str) -> frozenset[int]:
     """Labels of the size classes of a task of squares that the model cannot decide anywhere: even the centre of
-    their squares (the pixels that need the least context, ``need_block``) needs more than the model's RF."""
+    their squares (the pixels that need the least context, ``need_block``) needs more than the model's RF; or,
+    for a model whose logits are repeated over stride x stride blocks (nearest resize), the class is the most
+    frequent label of no such block of the training images, so no labelling the model can output gains by it."""
     from atrous.data import build_dataset
     from atrous.data.synthetic import class_need_blocks
     from atrous.lab.design import describe
@@ -133,12 +135,36 @@ def out_of_reach(model: str, data: str) -> frozenset[int]:
     extents = getattr(ds, "extents", None)
     if not extents or getattr(ds, "shape", None) != "square":
         return frozenset()
-    rf = describe("", model, ds.size).rf
-    if rf is None:  # global: sees everything
-        return frozenset()
+    described = describe("", model, ds.size)
+    blocky = block_outvoted(ds, described.output_stride) if nearest_logits(model) else frozenset()
+    if described.rf is None:  # global: sees everything
+        return blocky
     blocks = class_need_blocks(extents)
     # size class k is label k + 1 (size_class_objects)
-    return frozenset(k + 1 for k, e in enumerate(extents) if int(blocks[e].min()) > rf)
+    return blocky | frozenset(k + 1 for k, e in enumerate(extents) if int(blocks[e].min()) > described.rf)
+
+
+def nearest_logits(model: str) -> bool:
+    from atrous.models.registry import create_model
+
+    return getattr(create_model(model), "upsample", None) == "nearest"
+
+
+def block_outvoted(ds, stride: int) -> frozenset[int]:
+    """Labels that are the most frequent label (ties count for every label tied) of no ``stride`` x ``stride``
+    block of any image of ``ds``: logits repeated over the blocks cannot win on them. Empty when the image side
+    is not a multiple of the stride (the blocks would not be aligned with the image)."""
+    import torch
+
+    if stride <= 1 or ds.size % stride:
+        return frozenset()
+    won = torch.zeros(ds.num_classes, dtype=torch.bool)
+    for i in range(len(ds)):
+        y = ds[i][1]
+        g = ds.size // stride
+        counts = torch.nn.functional.one_hot(y.reshape(g, stride, g, stride), ds.num_classes).sum((1, 3))
+        won |= (counts == counts.amax(-1, keepdim=True)).reshape(-1, ds.num_classes).any(0)
+    return frozenset(int(c) for c in torch.nonzero(~won).flatten())
 
 
 def exit_with_parent(parent: int) -> None:
