@@ -12,6 +12,7 @@ a key where the two differ keeps the kernel. Nothing here records anything: the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -63,6 +64,9 @@ def row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def broadcast_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
     """The shape ``shapes`` broadcast to, or None where they do not broadcast (the kernel then says why)."""
+    first = shapes[0]
+    if all(s == first for s in shapes):  # the usual case (x + y, x * gate of x's shape, one operand)
+        return tuple(first)
     out = [1] * max(len(s) for s in shapes)
     for s in shapes:
         for i, n in enumerate(s, len(out) - len(s)):
@@ -88,18 +92,52 @@ def _bind(arguments: tuple, args: tuple, kwargs: dict) -> dict[str, Any]:
     return bound
 
 
+_ROW_MAJOR_CLASS: dict[int, tuple] = {}  # ndim -> layout_class of a row-major tensor without size-1 dims
+
+
+def is_row_major(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a non-empty meta tensor with exactly the strides of :func:`row_major` (what the
+    pointwise rule needs of every operand). ``is_contiguous`` (one flag, read in C++) says it wherever no dim
+    has size 1; those dims' strides, which it ignores, are compared in full."""
+    if not t.is_meta or not t.is_contiguous() or t.numel() == 0:
+        return False
+    shape = t.shape
+    return 1 not in shape or t.stride() == row_major(shape)
+
+
 def layout_class(t: torch.Tensor) -> tuple | None:
     """What a shape rule may assume of a tensor's memory besides its sizes: the order of its dims in memory
     (outermost first) when it is dense in that order (row-major, a weight's ``.t()``, a channels-last view), with
     which dims have size 1 (where strides are ambiguous); None for anything else (strided, overlapping, empty)."""
     if not t.is_meta or t.numel() == 0:
         return None
-    shape, stride = t.shape, t.stride()
+    shape = t.shape
+    if 1 not in shape and t.is_contiguous():  # row-major strides exactly: most tensors, without a sort
+        return _ROW_MAJOR_CLASS.get(len(shape)) or _ROW_MAJOR_CLASS.setdefault(
+            len(shape), (tuple(range(len(shape))), (False,) * len(shape))
+        )
+    stride = t.stride()
     order = tuple(sorted(range(len(shape)), key=lambda i: -stride[i]))  # stable: ties keep the logical order
     dense = row_major(tuple(shape[i] for i in order))
     if any(stride[i] != step for i, step in zip(order, dense)):
         return None
     return order, tuple(n == 1 for n in shape)
+
+
+def strided_class(t: torch.Tensor) -> tuple | None:
+    """A key for a tensor that :func:`layout_class` refuses because it is not dense (``q`` and ``k`` sliced out of
+    one ``qkv`` tensor, as Swin v2 normalises them): the order of its strides, which dims have size 1 and which
+    stride 0. Only rules whose kernels are seen to ignore the input's strides take it (:data:`STRIDED_INPUTS`);
+    a kernel that follows them does so by comparing strides, which the order gives, except between equal strides
+    of dims of size > 1 (a self-overlapping view), which get no class."""
+    if not t.is_meta or t.numel() == 0:
+        return None
+    shape, stride = t.shape, t.stride()
+    order = tuple(sorted(range(len(shape)), key=lambda i: -stride[i]))
+    wide = [stride[i] for i in order if shape[i] != 1]
+    if any(a == b for a, b in pairwise(wide)):
+        return None
+    return "strided", order, tuple(n == 1 for n in shape), tuple(d == 0 for d in stride)
 
 
 def fresh_row_major(out: Any, shapes: list, inputs: list[torch.Tensor]) -> tuple | None:
@@ -211,6 +249,58 @@ def _rule_roll(b: dict) -> tuple | None:
     return _hashable(shifts, dims), [tuple(x.shape)]
 
 
+def _rule_convolution(b: dict) -> tuple | None:
+    """Any convolution (``aten.convolution``: 1-3-D, grouped, dilated, transposed): every stage of a CNN meets
+    new shapes, and the kernel (a Python meta function) costs as much as twenty cached ops. Where the arguments
+    are not what the kernel accepts (channels, sizes that leave no output, lists of the wrong length) the rule
+    steps aside and the kernel raises its own error."""
+    x, w, bias = b["input"], b["weight"], b["bias"]
+    k = w.dim() - 2
+    params = [list(b[name]) for name in ("stride", "padding", "dilation", "output_padding")]
+    groups, transposed = b["groups"], b["transposed"]
+    if k < 1 or x.dim() != w.dim() or any(len(p) != k or not all(type(v) is int for v in p) for p in params):
+        return None
+    stride, padding, dilation, output_padding = params
+    if not isinstance(groups, int) or groups < 1 or type(transposed) is not bool:
+        return None
+    c_in, c_out = (w.shape[0], w.shape[1] * groups) if transposed else (w.shape[1] * groups, w.shape[0])
+    if x.shape[1] != c_in or (bias is not None and tuple(bias.shape) != (c_out,)) or w.shape[0] % groups:
+        return None
+    sizes = []
+    for n, kn, s_, p, d, op in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, output_padding):
+        if transposed:
+            sizes.append((n - 1) * s_ - 2 * p + d * (kn - 1) + op + 1)
+        else:
+            sizes.append((n + 2 * p - d * (kn - 1) - 1) // s_ + 1 if s_ > 0 else 0)
+    if min(sizes) < 1 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        return None
+    return (transposed, groups, bias is None, *map(tuple, params)), [(x.shape[0], c_out, *sizes)]
+
+
+def _rule_index(b: dict) -> tuple | None:
+    """``x[idx]`` with integer index tensors (Swin's relative position bias, indexed in every block): the
+    indexed dims are replaced by the indexes' broadcast shape, in place when they are adjacent, else in front
+    (NumPy's rule, as ``meta_index_Tensor`` builds it). Masks (bool, int8) size the output by their values:
+    no rule."""
+    x, indices = b["self"], list(b["indices"])
+    given = [(i, t) for i, t in enumerate(indices) if t is not None]
+    if (
+        not given
+        or len(indices) > x.dim()
+        or any(t.dtype not in (torch.int64, torch.int32) for _, t in given)
+    ):
+        return None
+    replaced = broadcast_shape([tuple(t.shape) for _, t in given])
+    if replaced is None:
+        return None
+    shape, first, last = tuple(x.shape), given[0][0], given[-1][0]
+    if last - first + 1 == len(given):
+        out = (*shape[:first], *replaced, *shape[last + 1 :])
+    else:
+        out = (*replaced, *(n for i, n in enumerate(shape) if i >= len(indices) or indices[i] is None))
+    return (tuple(t is None for t in indices),), [out]
+
+
 # Functional ops with Python meta kernels that models call on many shapes, and how their outputs' shapes follow
 # from the arguments (None: the rule does not apply, the kernel decides). See LearnedRules.shaped.
 SHAPE_RULES: dict[Any, Callable[[dict], tuple | None]] = {
@@ -221,6 +311,16 @@ SHAPE_RULES: dict[Any, Callable[[dict], tuple | None]] = {
     torch.ops.aten.mean.dim: _rule_mean,
     torch.ops.aten.linalg_vector_norm.default: _rule_vector_norm,
     torch.ops.aten.roll.default: _rule_roll,
+    torch.ops.aten.convolution.default: _rule_convolution,
+}
+# Rules for functional ops tagged as sizing their outputs by values (``dynamic_output_shape``) because of some
+# arguments only; each rule declines those (``index`` with a boolean mask), so the outputs it makes are a
+# function of the metadata like the others'. Kept apart: SHAPE_RULES holds only ops whose every call is.
+# Ops whose rule also answers for inputs that are not dense (see strided_class): vector_norm's kernel reduces
+# into a fresh row-major tensor whatever the input's strides (checked on the first call of each key, as always).
+STRIDED_INPUTS = {torch.ops.aten.linalg_vector_norm.default}
+VALUE_FREE_RULES: dict[Any, Callable[[dict], tuple | None]] = {
+    torch.ops.aten.index.Tensor: _rule_index,
 }
 
 
@@ -237,7 +337,7 @@ class LearnedRules:
         arguments, see :func:`_bind`): None where no rule applies, else (key, shapes, the outputs or None when
         this key has not been checked yet, in which case the caller runs the kernel and calls :meth:`learn`)."""
         rule = self.pointwise(func, pointwise, args, kwargs) if pointwise else None
-        if rule is None and func in SHAPE_RULES:
+        if rule is None and (func in SHAPE_RULES or func in VALUE_FREE_RULES):
             rule = self.shaped(func, arguments, args, kwargs)
         return rule
 
@@ -269,20 +369,19 @@ class LearnedRules:
         for value in args:
             if isinstance(value, torch.Tensor):
                 tensors.append(value)
-                key.append((value.dtype, tuple(n == 1 for n in value.shape)))
+                key.append((value.dtype, _size_ones(value.shape)))
             else:
                 key.append((type(value), value))
         for name, value in kwargs.items():
             if isinstance(value, torch.Tensor):
                 tensors.append(value)
-                key.append((name, value.dtype, tuple(n == 1 for n in value.shape)))
+                key.append((name, value.dtype, _size_ones(value.shape)))
             else:
                 key.append((name, type(value), value))
         if not tensors:
             return None
         for t in tensors:
-            shape = t.shape
-            if not t.is_meta or t.numel() == 0 or t.stride() != row_major(shape):
+            if not is_row_major(t):
                 return None
         shape = broadcast_shape([t.shape for t in tensors])
         if shape is None or all(t.shape != shape for t in tensors):
@@ -318,12 +417,21 @@ class LearnedRules:
         for name, value in bound.items():
             if isinstance(value, torch.Tensor):
                 cls = layout_class(value)
+                if cls is None and func in STRIDED_INPUTS:
+                    cls = strided_class(value)
                 if cls is None:
                     return None
                 classes.append((name, value.dtype, cls))
             elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
-                return None
-        ruled = SHAPE_RULES[func](bound)
+                # A list of optional tensors (``index``'s indices): each one's dtype and class, None where absent.
+                found = []
+                for v in value:
+                    cls = layout_class(v) if isinstance(v, torch.Tensor) else None
+                    if cls is None and v is not None:
+                        return None
+                    found.append(None if v is None else (v.dtype, cls))
+                classes.append((name, tuple(found)))
+        ruled = (SHAPE_RULES.get(func) or VALUE_FREE_RULES[func])(bound)
         if ruled is None:
             return None
         extra, shapes = ruled
@@ -338,6 +446,12 @@ class LearnedRules:
             return None
         outs = tuple(torch.empty(shape, dtype=d, device="meta") for shape, d in zip(shapes, learned))
         return key, shapes, outs if len(outs) > 1 else outs[0]
+
+
+def _size_ones(shape: torch.Size) -> tuple[bool, ...] | int:
+    """Which dims of ``shape`` have size 1 (part of a rule's key), or just the rank where none has: the same
+    information, without a tuple built per operand of every elementwise op."""
+    return tuple([n == 1 for n in shape]) if 1 in shape else len(shape)
 
 
 def pointwise_agrees(kind: int, shape: tuple[int, ...], out: Any, inputs: list[torch.Tensor]) -> Any:

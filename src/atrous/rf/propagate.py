@@ -17,9 +17,10 @@ from math import ceil
 from atrous.errors import AnalysisTooLargeError, UnsupportedOpError
 from atrous.rf import layout as L
 from atrous.rf.algebra import Algebra, Term, composed_at, fold, same_terms, union_of
-from atrous.rf.graph import Graph, OpCall
+from atrous.rf.graph import Graph, OpCall, paused_gc
 from atrous.rf.layout import Layout
-from atrous.rf.rules import AXIS_NAMES, Channels, Ctx, Effect, Options, rule_for
+from atrous.rf.rules import AXIS_NAMES, Channels, Effect, Options, rule_for
+from atrous.rf.rules.memo import EffectMemo
 from atrous.rf.support import GLOBAL_MAP, IDENTITY, PHASE_LIMIT, AxisMap, GrowthError, compose_endpoints
 
 
@@ -91,6 +92,8 @@ def _group_runs(segments: list[Segment], g: int, c_in: int) -> list[tuple[int, i
 
 def combine(alg: Algebra, pieces: list[Segment], c_out: int) -> tuple[Segment, ...]:
     """Union of segment pieces from several inputs, split at every boundary, equal neighbours merged."""
+    if len(pieces) == 1 and pieces[0].start == 0 and pieces[0].stop >= c_out:  # one input, every channel
+        return (Segment(0, c_out, union_of(alg, [pieces[0].terms])),)
     cuts = sorted({0, c_out} | {p.start for p in pieces} | {p.stop for p in pieces})
     # Each piece adds its terms to the intervals it covers (found by bisection), in the order of the pieces: a
     # scan of every piece per interval was quadratic in the channel count after depthwise convolutions (16 of
@@ -147,27 +150,34 @@ class Propagation:
         }
         self.effects: list[tuple[OpCall, list[Effect]]] = []
         self._reach_cache: dict[int, list[tuple[int, int]]] | None = None
-        for call in graph.calls:
-            if not call.outputs:
-                continue
-            fn = rule_for(call)
-            if fn is None:
-                raise UnsupportedOpError(
-                    f"no receptive-field rule for {call.name} at module '{call.module or '<model>'}'; the engine "
-                    "never guesses an op is the identity: please report it, or replace the op"
-                )
-            effects = fn(Ctx(call, self.layouts, self.shapes, options))
-            if len(effects) != len(call.outputs):
-                raise AssertionError(
-                    f"rule for {call.packet} gave {len(effects)} effects for {len(call.outputs)} outputs"
-                )
-            for node, effect in zip(call.outputs, effects):
-                self.layouts[node] = effect.layout
-            self.effects.append((call, effects))
+        self._channels: dict[int, int] = {}
+        memo = EffectMemo(options)  # repeated blocks: one rule run per distinct call (see rules.memo)
+        with paused_gc():  # see graph.paused_gc
+            for call in graph.calls:
+                if not call.outputs:
+                    continue
+                fn = rule_for(call)
+                if fn is None:
+                    raise UnsupportedOpError(
+                        f"no receptive-field rule for {call.name} at module '{call.module or '<model>'}'; the engine "
+                        "never guesses an op is the identity: please report it, or replace the op"
+                    )
+                effects = memo.effects(fn, call, self.layouts, self.shapes)
+                if len(effects) != len(call.outputs):
+                    raise AssertionError(
+                        f"rule for {call.packet} gave {len(effects)} effects for {len(call.outputs)} outputs"
+                    )
+                for node, effect in zip(call.outputs, effects):
+                    self.layouts[node] = effect.layout
+                self.effects.append((call, effects))
 
     def channels(self, node: int) -> int:
-        cd = L.channel_dim(self.layouts[node], self.shapes[node])
-        return self.shapes[node][cd] if cd is not None else 1
+        # Asked twice per dependency of every op; layouts are fixed once the effects are computed.
+        found = self._channels.get(node)
+        if found is None:
+            cd = L.channel_dim(self.layouts[node], self.shapes[node])
+            found = self._channels[node] = self.shapes[node][cd] if cd is not None else 1
+        return found
 
     def size(self, node: int, axis: int) -> int:
         loc = self.layouts[node][axis]
@@ -197,15 +207,16 @@ class Propagation:
         self._coarse: set[int] = set()  # axes whose maps were coarsened at the tensor being computed
         self._coarse_paths: set[int] = set()  # and those whose path classes were
         self._coarse_note: str | None = None
-        for call, effects in self.effects:
-            for node, effect in zip(call.outputs, effects):
-                # A map of the result over the budget is coarsened before the work (GrowthError), the sum after.
-                self._coarse, self._coarse_paths = set(), set()
-                try:
-                    state = self._apply(alg, effect, node, states, memo)
-                except GrowthError as exc:
-                    raise self._too_large(node, "an index map", exc.phases) from None
-                states[node] = self._check_growth(alg, node, state)
+        with paused_gc():  # see graph.paused_gc
+            for call, effects in self.effects:
+                for node, effect in zip(call.outputs, effects):
+                    # A map of the result over the budget is coarsened before the work (GrowthError), the sum after.
+                    self._coarse, self._coarse_paths = set(), set()
+                    try:
+                        state = self._apply(alg, effect, node, states, memo)
+                    except GrowthError as exc:
+                        raise self._too_large(node, "an index map", exc.phases) from None
+                    states[node] = self._check_growth(alg, node, state)
         return states
 
     # -- coarsening: what the periodic run does where exact maps outgrow the budget -------------------------
@@ -406,15 +417,18 @@ class Propagation:
             src = dep.source.node
             state = states[src]
             rules = {a: dep.axes[a] for a in dep.axes if state.layout[a] is not None}
-            sizes = {a: (self.size(src, a), self.size(node, a)) for a in range(self.spatial)}
+            if rules:
+                sizes = {a: (self.size(src, a), self.size(node, a)) for a in rules}
 
-            def move(term: Term, rules: dict = rules, sizes: dict = sizes) -> Term:
-                return tuple(
-                    self._compose(alg, m, rules[a], sizes[a], node, a) if a in rules else m
-                    for a, m in enumerate(term)
-                )
+                def move(term: Term, rules: dict = rules, sizes: dict = sizes) -> Term:
+                    return tuple(
+                        self._compose(alg, m, rules[a], sizes[a], node, a) if a in rules else m
+                        for a, m in enumerate(term)
+                    )
 
-            moved = [Segment(s.start, s.stop, _moved_terms(s.terms, move)) for s in state.segments]
+                moved = [Segment(s.start, s.stop, _moved_terms(s.terms, move)) for s in state.segments]
+            else:  # most dependencies (views, elementwise ops) keep every axis: nothing moves
+                moved = list(state.segments)
             c_src = self.channels(src)
             if dep.channels.kind == "merge" and len({id(s) for s in moved}) > 1:
                 distinct = any(not same_terms(alg, moved[0].terms, s.terms) for s in moved[1:])
@@ -452,6 +466,10 @@ class _PathMemo:
 
     classes: dict = field(default_factory=dict)
     windows: dict = field(default_factory=dict)
+    # One object per distinct map (rules and moved windows): rules of different calls, and windows moved from
+    # different classes, are equal but distinct objects, and a key that holds one is compared phase by phase on
+    # every hit (a third of the moves' time on Swin-B).
+    rules: dict = field(default_factory=dict)
 
 
 def _moved_classes(
@@ -463,6 +481,7 @@ def _moved_classes(
     several ops through the same rule (a residual, a ghost module's two branches) moves its classes once.
     A window whose move is over the budget goes through ``coarse(window, rule, phases)`` instead; that
     result depends on the tensor (its reached range), so it is not memoised here."""
+    periodic = memo.rules.setdefault(periodic, periodic)
     key = (id(by_centre), periodic)
     hit = memo.classes.get(key)
     if hit is not None:
@@ -484,6 +503,7 @@ def _moved_classes(
                 found = (moved, centre_key(moved))
                 shared = False
             else:
+                moved = memo.rules.setdefault(moved, moved)  # equal windows as one object, like the rules
                 found = windows[(window, periodic)] = (moved, centre_key(moved))
         out[found[1]] = found[0]
     if shared:
