@@ -134,3 +134,26 @@ def test_floats_that_compare_equal_get_different_keys() -> None:
     other = memo._key(call, prop.layouts, prop.shapes)
     call.args = {**call.args, "extra": 0.0}
     assert other != memo._key(call, prop.layouts, prop.shapes) and key is not None
+
+
+def test_a_tensor_without_channels_reaches_no_pixel() -> None:
+    """The one-input fast path of ``combine`` must not give an empty channel range a segment: a sum over zero
+    channels is all zeros and reads nothing (review of the memo commit)."""
+    import numpy as np
+    from torch import nn
+
+    from atrous.rf import analyze
+    from oracle import gradient_support
+
+    class Empty(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 1, 3, padding=1)
+
+        def forward(self, x):
+            s = self.conv(x)
+            return s.expand(1, 0, *s.shape[2:]).sum(1, keepdim=True)
+
+    report = analyze(Empty(), (2, 6, 6))
+    assert not report.support((3, 3)).any()
+    assert np.array_equal(report.support((3, 3)), gradient_support(Empty(), (2, 6, 6), (3, 3)))

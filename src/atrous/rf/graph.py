@@ -736,7 +736,12 @@ def paused_gc():
     thousands of small objects that mostly stay alive until the analysis ends (nodes, calls, maps, states), and
     the collector's frequent generational passes rescan them and free nothing. Paused, it scans what is left
     once, on its next pass: about 3% of an analysis of Swin-B or MaxViT. Reference counting still frees
-    everything dropped meanwhile."""
+    everything dropped meanwhile. The collector's switch is process-wide, so only the main thread pauses it:
+    an analysis in another thread must not turn it back on under one running in the main thread, or undo a
+    ``gc.disable()`` of the program's own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -288,6 +288,9 @@ def _rule_index(b: dict) -> tuple | None:
         not given
         or len(indices) > x.dim()
         or any(t.dtype not in (torch.int64, torch.int32) for _, t in given)
+        # A 0-dim index: the kernel re-strides its output by sizes the key does not hold (a tie between strides
+        # breaks by the sizes), so the first call's strides would not hold for the next call of the same key.
+        or any(t.dim() == 0 for _, t in given)
     ):
         return None
     replaced = broadcast_shape([tuple(t.shape) for _, t in given])

@@ -92,7 +92,8 @@ def _group_runs(segments: list[Segment], g: int, c_in: int) -> list[tuple[int, i
 
 def combine(alg: Algebra, pieces: list[Segment], c_out: int) -> tuple[Segment, ...]:
     """Union of segment pieces from several inputs, split at every boundary, equal neighbours merged."""
-    if len(pieces) == 1 and pieces[0].start == 0 and pieces[0].stop >= c_out:  # one input, every channel
+    # One input covering every channel (a tensor without channels has no segment, as below).
+    if len(pieces) == 1 and c_out > 0 and pieces[0].start == 0 and pieces[0].stop >= c_out:
         return (Segment(0, c_out, union_of(alg, [pieces[0].terms])),)
     cuts = sorted({0, c_out} | {p.start for p in pieces} | {p.stop for p in pieces})
     # Each piece adds its terms to the intervals it covers (found by bisection), in the order of the pieces: a
