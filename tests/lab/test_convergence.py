@@ -137,6 +137,8 @@ def test_a_class_no_stride_block_is_mostly_of_is_out_of_reach_of_nearest_logits(
     data, spec = "scale:size=32,n=64,small=3,large=7", "deeplabv3_small:aspp_channels=8,rates=1,2,3"
     assert out_of_reach(f"{spec},upsample=nearest", data) == {1}
     assert out_of_reach(spec, data) == frozenset()
+    # Without image pooling the RF is finite: the stride's verdict joins the RF's (which excuses nothing here).
+    assert out_of_reach(f"{spec},image_pooling=false,upsample=nearest", data, seed=3) == {1}
 
     class Labels:  # two 16 x 16 images, blocks of 8, counted by hand
         size, num_classes = 16, 4

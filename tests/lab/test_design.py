@@ -40,7 +40,7 @@ def test_every_quick_comparison_is_designed_to_discriminate() -> None:
     assert [c.predict(rb)[0] for c in contests_b] == ["tie", "tie", "worse"]
     assert [r for r, _ in ex2_unets.plan(get_preset("quick"))] == [ra, rb]
     stride = contests_a[2]  # DeepLab's control sees the need too: the output stride is the only difference
-    assert stride.a.label == "DeepLab (deeplabv3_small)"
+    assert stride.a.label == "DeepLab (deeplabv3_small, logits on its stride grid)"
     assert (
         stride.b.label.startswith("dilated U-Net") and stride.b.sees(ra.need) and stride.a.output_stride == 8
     )

@@ -59,8 +59,8 @@ RULE = (
     f"one stopping rule for every run: a run stops once its validation mIoU is >= {SOLVED}, or, after at least "
     f"{MIN_EPOCHS} epochs, once its best mIoU of the last {WINDOW} epochs is no more than {MIN_GAIN} above its "
     "best before them, but never while a class within the model's reach (some of its pixels need no more than the "
-    "model's RF, and, for logits repeated over stride blocks, some block holds more of it than of any other "
-    "label) is not predicted at all; at the latest at the step cap. The learning "
+    "model's RF, and, for logits repeated over stride blocks, some block holds at least as much of it as of any "
+    "other label) is not predicted at all; at the latest at the step cap. The learning "
     "rate is constant after warm-up, so a stopped run is the prefix of a longer one (the convergence audit "
     "compares the two)"
 )

@@ -76,7 +76,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         device=device,
     )
     start = time.perf_counter()
-    skip = out_of_reach(job.model, job.data)
+    skip = out_of_reach(job.model, job.data, job.seed)
     seen: list[dict] = []
 
     def stop(record: dict) -> bool:
@@ -122,16 +122,17 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def out_of_reach(model: str, data: str) -> frozenset[int]:
+def out_of_reach(model: str, data: str, seed: int = 0) -> frozenset[int]:
     """Labels of the size classes of a task of squares that the model cannot decide anywhere: even the centre of
     their squares (the pixels that need the least context, ``need_block``) needs more than the model's RF; or,
     for a model whose logits are repeated over stride x stride blocks (nearest resize), the class is the most
-    frequent label of no such block of the training images, so no labelling the model can output gains by it."""
+    frequent label of no such block of the run's training images (``seed``: the run's), so the model is never
+    taught to output it."""
     from atrous.data import build_dataset
     from atrous.data.synthetic import class_need_blocks
     from atrous.lab.design import describe
 
-    ds = build_dataset(data)
+    ds = build_dataset(data, seed=seed)
     extents = getattr(ds, "extents", None)
     if not extents or getattr(ds, "shape", None) != "square":
         return frozenset()
@@ -146,8 +147,11 @@ def out_of_reach(model: str, data: str) -> frozenset[int]:
 
 def nearest_logits(model: str) -> bool:
     from atrous.models.registry import create_model
+    from atrous.models.unet import GriddingWarning
 
-    return getattr(create_model(model), "upsample", None) == "nearest"
+    with warnings.catch_warnings():  # as in run_job: the lab's dilated U-Nets are hole-free as a whole
+        warnings.simplefilter("ignore", GriddingWarning)
+        return getattr(create_model(model), "upsample", None) == "nearest"
 
 
 def block_outvoted(ds, stride: int) -> frozenset[int]:

@@ -83,8 +83,8 @@ class ContextNet(Segmenter):
     ``scores="norm"`` batch-normalises the class scores before the module. The module's first ReLU passes only
     a score's positive part, so a class whose score is negative wherever it is present gets no gradient through
     the module's identity path, and with one channel per class it can stay unpredicted for the whole run (seen
-    in the lab's regime (b) on seed 45 of 43-50); normalised scores are positive on about half of the pixels of
-    every class.
+    in the lab's regime (b) on seed 45 of 43-50); a normalised score is positive on about half of the pixels
+    (of the batch, not of each class), so each class's channel passes a gradient somewhere from the start.
     ``raw`` (the paper's wiring) feeds the front end's scores as they are."""
 
     def __init__(

@@ -169,7 +169,7 @@ class BackboneSegmenter(Segmenter):
         feats = self.backbone.features(x)
         out = resize_to(self.classify(feats), x.shape[2:], self.upsample)
         aux = (
-            resize_to(self.aux_classifier(feats["layer3"]), x.shape[2:])
+            resize_to(self.aux_classifier(feats["layer3"]), x.shape[2:], self.upsample)
             if self.aux_classifier is not None
             else None
         )
