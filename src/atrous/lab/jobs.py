@@ -7,6 +7,7 @@ reductions identical between runs; two processes use both cores.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -145,6 +146,7 @@ def out_of_reach(model: str, data: str, seed: int = 0) -> frozenset[int]:
     return blocky | frozenset(k + 1 for k, e in enumerate(extents) if int(blocks[e].min()) > described.rf)
 
 
+@functools.lru_cache(maxsize=64)  # as design.describe: one build per spec and process
 def nearest_logits(model: str) -> bool:
     from atrous.models.registry import create_model
     from atrous.models.unet import GriddingWarning
