@@ -58,12 +58,23 @@ def test_predictions_state_their_reason() -> None:
     assert design.predict_stride(m(None, 8), m(18), 16)[0] == "tie"
 
 
-def test_calibration_costs_follow_flops() -> None:
-    small = Job("unet:width=4,depth=1", "scale:size=32,n=32,small=4,large=8", 0, 10, 8, 1e-3)
-    large = Job("unet:width=16,depth=1", "scale:size=48,n=32,small=4,large=8", 0, 10, 8, 1e-3)
-    assert calibrate.job_cost(large) > 5 * calibrate.job_cost(small)
-    seconds = calibrate.expected_seconds([small, large], workers=2)
-    assert 0 < seconds < 60
+def test_calibration_times_the_jobs_own_models() -> None:
+    """One timing per model and task (seeds and learning rates share it); a 16x wider stack, on the same images,
+    takes longer per step; the estimate adds up each job's steps and validation passes at those rates."""
+    data = "scale:size=32,n=32,small=4,large=8"
+    small = Job("convstack:width=4,rates=1,1", data, 0, 10, 8, 1e-3)
+    large = Job("convstack:width=64,rates=1,1", data, 0, 10, 8, 1e-3)
+    again = Job("convstack:width=4,rates=1,1", data, 1, 10, 8, 5e-3, warmup=2)
+    speeds = calibrate.measure([small, large, again], workers=1)
+    assert len(speeds) == 2 and calibrate.kind(small).key == calibrate.kind(again).key
+    fast, slow = speeds[calibrate.kind(small).key], speeds[calibrate.kind(large).key]
+    assert 0 < fast.step < slow.step and fast.validation > 0 and fast.fixed >= 0
+    one = calibrate.job_seconds(small, speeds)
+    assert one == pytest.approx(10 * fast.step + 3 * fast.validation + fast.fixed)  # 3 epochs of 4 batches
+    assert calibrate.expected_seconds([small, large], speeds, workers=2) == pytest.approx(
+        (one + calibrate.job_seconds(large, speeds)) / 2
+    )
+    assert calibrate.longest_first([small, large, again], speeds)[0] == large
 
 
 def test_size_class_needs_of_the_multiscale_task() -> None:

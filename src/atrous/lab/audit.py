@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,8 +87,10 @@ def run_audit(
     workers: int,
     console: Console,
     device: str = "cpu",
+    pool: Executor | None = None,
 ) -> dict:
-    """Train the long runs of ``jobs`` (the preset's own jobs on the audit seeds), then judge the rule."""
+    """Train the long runs of ``jobs`` (the preset's own jobs on the audit seeds), then judge the rule; ``pool``:
+    the lab's workers (:func:`atrous.lab.jobs.worker_pool`)."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     longs = [long_job(j) for j in jobs]
@@ -95,7 +98,7 @@ def run_audit(
     def line(job: Job, result: dict, count: int, total: int) -> None:
         console.print(f"[{count}/{total}] {job.label}: {result['steps']} steps", soft_wrap=True)
 
-    results = run_jobs(longs, out / "runs", workers, line, device)
+    results = run_jobs(longs, out / "runs", workers, line, device, pool)
     rows = []
     for job, long in zip(jobs, longs):
         result = results[long.key]

@@ -1,105 +1,88 @@
-"""How long the lab will take on this machine, measured before it starts.
+"""How long the lab will take on this machine, measured on the lab's own models before training starts.
 
-Two short timings on one thread fit the cost of a training step as ``a + b * FLOPs``: ``a`` is what a step
-costs whatever the model (Python, dispatch, the optimizer), ``b`` the machine's speed on convolutions. Each
-job's cost is then its steps and validation passes under that line. Machines of the same kind differ by 2x and
-more, so the estimate comes from the machine itself, not from a table.
+Each distinct model and task of the lab trains a few steps in the lab's own worker processes (all of them busy
+at once, as during the lab): that gives its seconds per training step, per validation pass and per job (data,
+model, checkpoints, the job's own bookkeeping). A job's cost is then its steps, epochs and fixed part at those
+rates. The previous calibration timed two probe models and scaled their cost by FLOPs; the probes' speed
+relative to the lab's models moved by 1.4x between two rounds on the same kind of machine (BENCHMARKS.md), and
+so did the estimate.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import time
-import warnings
+import tempfile
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
-import torch
+from atrous.lab.jobs import Job, run_jobs
 
-from atrous.data import build_dataset
-from atrous.flops import count_flops
-from atrous.lab.jobs import Job
-from atrous.models.registry import create_model
-from atrous.models.unet import GriddingWarning
+STEPS = 6  # timed per model and task; the first is left out of the per-step rate (allocations, first calls)
+# What a few steps in isolation leave out: checkpoints at every epoch's end, the last epochs' heavier process
+# mix, the report. Measured as wall time / modelled time of the quick preset on its design seeds (10, 11, 12);
+# checked on other seed sets in BENCHMARKS.md.
+OVERHEAD = 1.0
 
-PROBES = (("convstack:width=4", 16), ("unet:width=16,depth=1", 48))  # (model, image side): cheap and typical
-PER_JOB_SECONDS = 1.0  # building data and model, checkpoints, the job's process hand-over (measured: ~1 s)
-# What the two probes leave out: two processes sharing the cores, the loss, validation every epoch, weight
-# averaging, checkpoints. Measured once as wall time / modelled time of the quick preset on its design seeds
-# (10, 11, 12; runs/lab-design: 441 s against 244 s modelled for the steps the runs took); checked on the other
-# seed sets in BENCHMARKS.md.
-OVERHEAD = 1.8
+
+@dataclass(frozen=True)
+class Speed:
+    """Seconds per training step, per validation pass, and per job whatever its length."""
+
+    step: float
+    validation: float
+    fixed: float
+
+
+def kind(job: Job) -> Job:
+    """The short job that times ``job``: same model, task, batch, loss and averaging; what only changes the
+    numbers (seed, learning rate, warm-up) is fixed, so jobs that differ only there share one timing."""
+    return replace(job, seed=0, steps=min(STEPS, job.steps), warmup=0, lr=1e-3, stop_early=True, label="timing")
+
+
+def measure(jobs: list[Job], workers: int, device: str = "cpu", pool: Executor | None = None) -> dict[str, Speed]:
+    """Speeds of the jobs' kinds, keyed by ``kind(job).key``, from short runs in the lab's workers."""
+    kinds = list({kind(j).key: kind(j) for j in jobs}.values())
+    with tempfile.TemporaryDirectory(prefix="atrous-calibration-") as tmp:
+        results = run_jobs(kinds, Path(tmp), workers, device=device, pool=pool)
+    rates = {key: _rates(r) for key, r in results.items()}
+    # A job's fixed part hardly depends on its model, but the first job in a process also pays for lazy imports
+    # and first calls (up to seconds): the median over the kinds leaves those out.
+    fixed = statistics.median(f for _, _, f in rates.values())
+    return {key: Speed(step, validation, fixed) for key, (step, validation, _) in rates.items()}
+
+
+def _rates(result: dict) -> tuple[float, float, float]:
+    """(seconds per step after the first, seconds of validation, the rest of the job's seconds)."""
+    t, steps = result["timing"], result["steps"]
+    step = (t["train_seconds"] - t["first_step_seconds"]) / max(1, steps - 1)
+    return step, t["val_seconds"], max(0.0, t["job_seconds"] - steps * step - t["val_seconds"])
 
 
 @lru_cache(maxsize=512)
-def _shape_and_flops(model: str, data: str) -> tuple[int, int, float]:
-    """(training images, validation images, forward FLOPs per image) of a job; builds both, so a bad spec fails
-    here, before any training."""
-    ds = build_dataset(data)
-    with warnings.catch_warnings():  # see jobs.run_job: the lab's dilated U-Nets are hole-free as a whole
-        warnings.simplefilter("ignore", GriddingWarning)
-        net = create_model(model, num_classes=ds.num_classes)
-    shape = tuple(ds[0][0].shape)
-    return len(ds), max(32, len(ds) // 4), float(count_flops(net, shape))
+def _train_images(data: str) -> int:
+    from atrous.data import build_dataset
+
+    return len(build_dataset(data))
 
 
-def job_steps_flops(job: Job) -> tuple[int, float]:
-    """(optimizer steps, FLOPs) of a job run to its step limit: forward + backward ~ 3 forwards, plus one
-    validation pass per epoch."""
-    n, n_val, fwd = _shape_and_flops(job.model, job.data)
-    epochs = math.ceil(job.steps / math.ceil(n / job.batch_size))
-    return job.steps, 3 * fwd * job.batch_size * job.steps + fwd * n_val * epochs
+def job_seconds(job: Job, speeds: dict[str, Speed], share: float = 1.0) -> float:
+    """One job's seconds if it takes ``share`` of its step limit (1: all of it)."""
+    speed = speeds[kind(job).key]
+    steps = max(1, round(share * job.steps))
+    epochs = math.ceil(steps / math.ceil(_train_images(job.data) / job.batch_size))
+    return OVERHEAD * (steps * speed.step + epochs * speed.validation) + speed.fixed
 
 
-def job_cost(job: Job) -> float:
-    """A relative cost, for ordering the jobs (longest first)."""
-    steps, flops = job_steps_flops(job)
-    return flops + 2e6 * steps
-
-
-def _step_seconds(model: str, side: int, device: str, steps: int = 12) -> tuple[float, float]:
-    """(seconds per training step at batch 16, FLOPs per step) on one thread: the median of ``steps`` timed
-    steps. With the mean of four, as before, the fixed cost per step that ``machine_speed`` fits moved between
-    6.4 and 9.4 ms in four calls in a row on an idle machine (one slow step in four is enough); with the median
-    of twelve, between 6.4 and 7.6 ms."""
-    net = create_model(model, num_classes=3).to(device)
-    x = torch.randn(16, 3, side, side, device=device)
-    y = torch.randint(0, 3, (16, side, side), device=device)
-    opt = torch.optim.AdamW(net.parameters(), 1e-3)
-
-    def step() -> float:
-        start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-        if device != "cpu":  # the step's kernels must finish inside its timed window
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    step()  # warm-up: allocations and first-call dispatch
-    return statistics.median(step() for _ in range(steps)), 3 * count_flops(net, (3, side, side)) * 16
-
-
-@lru_cache(maxsize=4)
-def machine_speed(device: str = "cpu") -> tuple[float, float]:
-    """(seconds per step whatever the model, seconds per FLOP) on one thread, from the two probes; measured once
-    per process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        (t0, f0), (t1, f1) = (_step_seconds(m, side, device) for m, side in PROBES)
-    finally:
-        torch.set_num_threads(threads)
-    per_flop = max((t1 - t0) / (f1 - f0), 0.0)
-    return max(t0 - per_flop * f0, 0.0), per_flop
-
-
-def expected_seconds(jobs: list[Job], workers: int, device: str = "cpu", share: float = 1.0) -> float:
+def expected_seconds(jobs: list[Job], speeds: dict[str, Speed], workers: int, share: float = 1.0) -> float:
     """Wall time of the jobs on ``workers`` single-threaded processes if the runs take ``share`` of their step
-    limits (1: every run to its cap)."""
-    per_step, per_flop = machine_speed(device)
-    total = 0.0
-    for job in jobs:
-        steps, flops = job_steps_flops(job)
-        total += share * OVERHEAD * (per_step * steps + per_flop * flops) + PER_JOB_SECONDS
-    return total / max(1, workers)
+    limits."""
+    return sum(job_seconds(j, speeds, share) for j in jobs) / max(1, workers)
+
+
+def longest_first(jobs: list[Job], speeds: dict[str, Speed]) -> list[Job]:
+    """Distinct jobs, the most expensive first, so that no worker is left with a long run at the end."""
+    unique = list({j.key: j for j in jobs}.values())
+    return sorted(unique, key=lambda j: -job_seconds(j, speeds))

