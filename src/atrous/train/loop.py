@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from atrous.data.synthetic import SyntheticTask
 from atrous.device import autocast, check_compile, check_precision, synchronize
 from atrous.errors import OptionError, option
 from atrous.fileio import write_atomic
 from atrous.train import checkpoint as ckpt
+from atrous.train.averaging import WeightAverage
 from atrous.train.batches import BatchStream, epoch_batches, rank_slice
 from atrous.train.config import TrainConfig
 from atrous.train.distributed import Dist, all_reduce_min, all_reduce_sum, setup, teardown
@@ -51,7 +51,11 @@ from atrous.train.setup import (
     prepare_run_dir,
 )
 
-TIMING_KEYS = ("seconds", "img_per_s", "val_seconds")  # measured: excluded when runs are compared for equality
+TIMING_KEYS = (
+    "seconds",
+    "img_per_s",
+    "val_seconds",
+)  # measured: excluded when runs are compared for equality
 
 __all__ = ["TIMING_KEYS", "FitResult", "TrainingDiverged", "evaluate", "fit"]
 
@@ -156,11 +160,7 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # The averaged copy (when cfg.ema) is what validation sees and checkpoints hold; the raw weights train.
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-            if cfg.ema
-            else None
-        )
+        self.ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None
         self.evaluated = self.ema.module if self.ema is not None else self.model
         self.optimizer = make_optimizer(cfg, self.model)
         self.state = LoopState()
