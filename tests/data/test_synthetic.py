@@ -248,3 +248,22 @@ def test_need_map_of_multiscale_matches_the_class_needs() -> None:
 def test_need_map_refuses_tasks_without_exact_needs(spec: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         build_dataset(spec).need_map(0)
+
+
+def test_instances_with_the_same_parameters_share_their_rendered_items(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lab builds each task and seed once per model: the images are drawn once per process."""
+    from atrous.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_RENDERED", synthetic.OrderedDict())
+    spec = "scale:size=16,n=4,small=3,large=6"
+    first, again, other = (build_dataset(spec, seed=s) for s in (3, 3, 4))
+    assert first[1][0] is again[1][0]  # drawn once, by the first
+    assert not torch.equal(other[1][0], first[1][0])
+    # Beyond CACHE_BYTES in all, the least recently built split is dropped (its holders keep their items).
+    monkeypatch.setattr(synthetic, "CACHE_BYTES", first.nbytes * 2)
+    build_dataset(spec, seed=5)
+    assert len(synthetic._RENDERED) == 2 and first[1][0] is again[1][0]
+    fresh = build_dataset(spec, seed=3)[1][0]
+    assert fresh is not first[1][0] and torch.equal(fresh, first[1][0])  # drawn again, the same image

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from atrous.lab import calibrate, design, ex2_unets, ex3_aspp
@@ -75,6 +77,24 @@ def test_calibration_times_the_jobs_own_models() -> None:
         (one + calibrate.job_seconds(large, speeds)) / 2
     )
     assert calibrate.longest_first([small, large, again], speeds)[0] == large
+
+
+def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
+    """Runs that took twice their modelled time double the time left; the forecast at a quarter of the work is
+    kept."""
+    data = "scale:size=32,n=32,small=4,large=8"  # 4 batches of 8: an epoch is 4 steps
+    jobs = [Job(f"convstack:width={w},rates=1,1", data, 0, 8, 8, 1e-3) for w in (4, 5, 6, 7)]
+    speeds = {calibrate.kind(j).key: calibrate.Speed(step=0.5, validation=1.0, fixed=2.0) for j in jobs}
+    each = 8 * 0.5 + 2 * 1.0 + 2.0  # 8 steps, 2 epochs, the fixed part
+    forecast = calibrate.Forecast(jobs, speeds, workers=2, share=1.0, start=time.perf_counter())
+    report = calibrate.REPORT_SECONDS_PER_RUN * 4
+    assert forecast.seconds_left() == pytest.approx(4 * each / 2 + report)
+    # The first run stopped after 4 steps (one epoch), in twice its modelled time at those steps.
+    forecast.finish(jobs[0], {"steps": 4, "timing": {"job_seconds": 2 * (4 * 0.5 + 1.0 + 2.0)}})
+    assert forecast.seconds_left() == pytest.approx(2 * 3 * each / 2 + report)
+    assert forecast.done_share == pytest.approx(5 / (5 + 3 * each)) and forecast.at_quarter is None
+    forecast.finish(jobs[1], {"steps": 8, "timing": {"job_seconds": 2 * each}})
+    assert forecast.at_quarter is not None and forecast.at_quarter >= forecast.seconds_left()
 
 
 def test_size_class_needs_of_the_multiscale_task() -> None:

@@ -251,9 +251,13 @@ def test_without_a_terminal_the_lab_prints_a_line_per_run(tmp_path: Path) -> Non
     run_lab("tiny", tmp_path, only="ex5", console=Console(file=out, force_terminal=False, width=80))
     text = out.getvalue()
     assert re.search(r"expected about \d+ s in all on this machine, from timing its 3 models", text)
-    assert re.search(r"\[1/3\] ex5 RF \d+ \(objects 4px\), seed 0: val mIoU \d\.\d{3} after \d+ steps", text)
+    assert re.search(
+        r"\[1/3\] ex5 RF \d+ \(objects 4px\), seed 0: val mIoU \d\.\d{3} after \d+ steps \([\d.]+ s\); about \d+ s left",
+        text,
+    )
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert timings["exercises"]["ex5"]["runs"] == 3 and timings["exercises"]["ex5"]["run_seconds"] > 0
+    assert timings["expected_at_quarter"] > 0 and timings["before_training_seconds"] > 0
 
 
 def test_workers_leave_when_the_lab_is_killed(tmp_path: Path) -> None:

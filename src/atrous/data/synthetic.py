@@ -33,6 +33,7 @@ less than its corners, and a pixel of the largest class only a run longer than t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -44,6 +45,27 @@ from atrous.errors import SpecError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 CACHE_BYTES = 256 * 2**20  # a split at most this large is rendered once and kept (64 x 64: ~12,000 samples)
+# Rendered splits, shared by every instance with the same parameters in this process (the lab trains several
+# models on each task and seed in one worker: each drew the same 320 images again, ~0.2 s a run), the least
+# recently built dropped first beyond CACHE_BYTES in all.
+_RENDERED: OrderedDict[str, tuple[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
+
+
+def _rendered(key: str, nbytes: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The shared item store of the split ``key`` (of ``nbytes`` when whole)."""
+    if key in _RENDERED:
+        _RENDERED.move_to_end(key)
+        return _RENDERED[key][1]
+    while _RENDERED and sum(size for size, _ in _RENDERED.values()) + nbytes > CACHE_BYTES:
+        _RENDERED.popitem(last=False)  # an instance that holds the dropped store keeps it
+    _RENDERED[key] = (nbytes, {})
+    return _RENDERED[key][1]
+    while (
+        _RENDERED and (len(_RENDERED) + 1) * nbytes > CACHE_BYTES
+    ):  # the sizes of one run's splits are alike
+        _RENDERED.popitem(last=False)
+    _RENDERED[key] = {}
+    return _RENDERED[key]
 
 
 @dataclass
@@ -136,6 +158,8 @@ class SyntheticTask(Dataset):
             raise SpecError(f"{self.name}: need n >= 1 and size >= 8, got n={self.n}, size={self.size}")
         self.class_names = self.make_class_names()
         self.validate()
+        if self.cached:  # the key is every parameter (the dataclass's repr leaves the items out)
+            self._items = _rendered(repr(self), self.nbytes)
 
     # -- to override ---------------------------------------------------------------------------------------
     def make_class_names(self) -> list[str]:
@@ -181,7 +205,12 @@ class SyntheticTask(Dataset):
     @property
     def cached(self) -> bool:
         """Whether items are kept in memory: while the whole split (images and masks) fits in CACHE_BYTES."""
-        return self.n * self.size * self.size * (4 * self.channels + 8) <= CACHE_BYTES
+        return self.nbytes <= CACHE_BYTES
+
+    @property
+    def nbytes(self) -> int:
+        """The whole split in memory: float32 images, int64 masks."""
+        return self.n * self.size * self.size * (4 * self.channels + 8)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index in self._items:

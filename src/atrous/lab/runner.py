@@ -18,7 +18,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from atrous.errors import AtrousError
@@ -110,7 +109,8 @@ def run_lab(
             "every run goes to its step cap)",
             soft_wrap=True,
         )
-        results = _train(jobs, run_dir, workers, device, console, f"lab {preset}", pool)
+        forecast = calibrate.Forecast(jobs, speeds, workers, p.step_share, start)
+        results = _train(jobs, run_dir, workers, device, console, f"lab {preset}", pool, forecast)
     registered = registration.read_back(run_dir, digest)["exercises"]
     sections, report_seconds = [], {}
     for key in chosen:
@@ -139,6 +139,7 @@ def run_lab(
         expected_seconds=estimate,
         expected_at_cap=at_cap,
         before_training_seconds=started,
+        expected_at_quarter=forecast.at_quarter,
         workers=workers,
         wall_seconds=time.perf_counter() - start,
     )
@@ -234,34 +235,33 @@ def _train(
     console: Console,
     what: str,
     pool: Executor | None = None,
+    forecast: calibrate.Forecast | None = None,
 ) -> dict:
     """Run the jobs with a progress bar in a terminal, and one line per finished run elsewhere (a pipe, a log
-    file, CI), so that a long run is never silent."""
+    file, CI), so that a long run is never silent; with a ``forecast``, each says how long is left."""
 
-    def line(job: Job, result: dict, count: int, total: int) -> str:
-        val = result["final"]["miou"]
-        secs = result["timing"]["job_seconds"]
-        return (
+    def left(job: Job, result: dict) -> str:
+        if forecast is None:
+            return ""
+        forecast.finish(job, result)
+        return f"; about {forecast.seconds_left():.0f} s left"
+
+    def line(job: Job, result: dict, count: int, total: int) -> None:
+        val, secs = result["final"]["miou"], result["timing"]["job_seconds"]
+        console.print(
             f"[{count}/{total}] {job.label}: val mIoU {val:.3f} after {result['steps']} steps ({secs:.1f} s)"
+            + left(job, result),
+            soft_wrap=True,
         )
 
     if not console.is_terminal:
-        return run_jobs(
-            jobs, run_dir / "runs", workers, lambda *a: console.print(line(*a), soft_wrap=True), device, pool
-        )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
+        return run_jobs(jobs, run_dir / "runs", workers, line, device, pool)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(f"{what}: training", total=len(jobs))
 
         def done(job: Job, result: dict, count: int, total: int) -> None:
-            bar.update(task, completed=count, description=f"{what}: done {job.label}")
+            bar.update(task, completed=count, description=f"{what}: done {job.label}{left(job, result)}")
 
         return run_jobs(jobs, run_dir / "runs", workers, done, device, pool)
 
