@@ -252,7 +252,8 @@ def test_without_a_terminal_the_lab_prints_a_line_per_run(tmp_path: Path) -> Non
     text = out.getvalue()
     assert re.search(r"expected about \d+ s in all on this machine, from timing its 3 models", text)
     assert re.search(
-        r"\[1/3\] ex5 RF \d+ \(objects 4px\), seed 0: val mIoU \d\.\d{3} after \d+ steps \([\d.]+ s\); about \d+ s left",
+        r"\[1/3\] ex5 RF \d+ \(objects 4px\), seed 0: val mIoU \d\.\d{3} after \d+ steps "
+        r"\([\d.]+ s\); about \d+ s left",
         text,
     )
     timings = json.loads((tmp_path / "timings.json").read_text())
