@@ -97,6 +97,20 @@ def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
     assert forecast.at_quarter is not None and forecast.at_quarter >= forecast.seconds_left()
 
 
+def test_the_forecast_spreads_the_steps_not_yet_taken_over_the_runs_left() -> None:
+    """Half of the capped steps expected (16 of 32); the first run takes all 8 of its cap, so the three left
+    share the 8 still expected: a third of their caps each."""
+    data = "scale:size=32,n=32,small=4,large=8"
+    jobs = [Job(f"convstack:width={w},rates=1,1", data, 0, 8, 8, 1e-3) for w in (4, 5, 6, 7)]
+    speeds = {calibrate.kind(j).key: calibrate.Speed(step=0.5, validation=1.0, fixed=2.0) for j in jobs}
+    forecast = calibrate.Forecast(jobs, speeds, workers=1, share=0.5, start=time.perf_counter())
+    first = calibrate.job_seconds(jobs[0], speeds)
+    forecast.finish(jobs[0], {"steps": 8, "timing": {"job_seconds": first}})
+    left = 3 * calibrate.job_seconds(jobs[1], speeds, 1 / 3)  # 3 steps each (round(8 / 3)), one epoch
+    assert left == pytest.approx(3 * (3 * 0.5 + 1.0 + 2.0))
+    assert forecast.seconds_left() == pytest.approx(left + calibrate.REPORT_SECONDS_PER_RUN * 4)
+
+
 def test_size_class_needs_of_the_multiscale_task() -> None:
     from atrous.lab.ex4_multiscale import class_need
 

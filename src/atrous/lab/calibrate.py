@@ -103,33 +103,42 @@ class Forecast:
     the same convolution's median time over 2 s windows moved between 29 and 67 ms within 40 s, so a few seconds
     of timing before the start can be off by a fifth whatever they measure. The runs that have finished say how
     fast this machine is now running the lab: their measured seconds over their modelled seconds (at the steps
-    they took) scale what is left."""
+    they took) scale what is left. And they say how many of the expected steps are used up: the longest runs
+    go first, and they take more of their cap than the short ones that follow, so what is left takes the
+    expected steps not yet taken, spread over the runs left in proportion to their caps."""
 
     def __init__(
         self, jobs: list[Job], speeds: dict[str, Speed], workers: int, share: float, start: float
     ) -> None:
         """``start``: ``time.perf_counter()`` when the lab started."""
         self.speeds, self.workers, self.start = speeds, max(1, workers), start
-        self.left = {j.key: job_seconds(j, speeds, share) for j in jobs}
-        self.runs = len(self.left)
+        self.pending = {j.key: j for j in jobs}
+        self.runs = len(self.pending)
+        self.steps_left = share * sum(j.steps for j in self.pending.values())
         self.modelled = self.measured = 0.0
         self.at_quarter: float | None = (
             None  # the total wall time forecast once a quarter of the work was done
         )
 
     def finish(self, job: Job, result: dict) -> None:
-        self.left.pop(job.key, None)
+        self.pending.pop(job.key, None)
+        self.steps_left -= result["steps"]
         self.modelled += job_seconds(job, self.speeds, result["steps"] / job.steps)
         self.measured += result["timing"]["job_seconds"]
         if self.at_quarter is None and self.done_share >= 0.25:
             self.at_quarter = time.perf_counter() - self.start + self.seconds_left()
 
+    def _modelled_left(self) -> float:
+        caps = sum(j.steps for j in self.pending.values())
+        share = min(1.0, max(0.0, self.steps_left / caps)) if caps else 0.0
+        return sum(job_seconds(j, self.speeds, share) for j in self.pending.values())
+
     @property
     def done_share(self) -> float:
         """The finished runs' share of the modelled work (theirs at the steps they took)."""
-        return self.modelled / max(1e-9, self.modelled + sum(self.left.values()))
+        return self.modelled / max(1e-9, self.modelled + self._modelled_left())
 
     def seconds_left(self) -> float:
         """Wall seconds until the report is written."""
         speed = self.measured / self.modelled if self.modelled else 1.0
-        return speed * sum(self.left.values()) / self.workers + REPORT_SECONDS_PER_RUN * self.runs
+        return speed * self._modelled_left() / self.workers + REPORT_SECONDS_PER_RUN * self.runs

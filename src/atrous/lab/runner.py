@@ -140,6 +140,7 @@ def run_lab(
         expected_at_cap=at_cap,
         before_training_seconds=started,
         expected_at_quarter=forecast.at_quarter,
+        calibration={f"{k.model} on {k.data}": asdict(speeds[k.key]) for k in map(calibrate.kind, jobs)},
         workers=workers,
         wall_seconds=time.perf_counter() - start,
     )
