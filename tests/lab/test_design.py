@@ -79,6 +79,18 @@ def test_calibration_times_the_jobs_own_models() -> None:
     assert calibrate.longest_first([small, large, again], speeds)[0] == large
 
 
+def test_a_timing_run_is_read_per_step_and_per_validation_pass() -> None:
+    """6 steps in 1.3 s of which the first took 0.3 s: 0.2 s a step after it; two epochs (4 steps each) made two
+    validation passes of 0.25 s; the job's other 0.5 s are its fixed part."""
+    result = {
+        "steps": 6,
+        "history": [{}, {}],
+        "timing": {"train_seconds": 1.3, "first_step_seconds": 0.3, "val_seconds": 0.5, "job_seconds": 2.2},
+    }
+    step, validation, fixed = calibrate._rates(result)
+    assert (step, validation, fixed) == pytest.approx((0.2, 0.25, 2.2 - 6 * 0.2 - 0.5))
+
+
 def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
     """Runs that took twice their modelled time double the time left; the forecast at a quarter of the work is
     kept."""
@@ -86,7 +98,7 @@ def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
     jobs = [Job(f"convstack:width={w},rates=1,1", data, 0, 8, 8, 1e-3) for w in (4, 5, 6, 7)]
     speeds = {calibrate.kind(j).key: calibrate.Speed(step=0.5, validation=1.0, fixed=2.0) for j in jobs}
     each = 8 * 0.5 + 2 * 1.0 + 2.0  # 8 steps, 2 epochs, the fixed part
-    forecast = calibrate.Forecast(jobs, speeds, workers=2, share=1.0, start=time.perf_counter())
+    forecast = calibrate.Forecast(jobs, speeds, workers=2, share=1.0, start=time.perf_counter() - 100)
     report = calibrate.REPORT_SECONDS_PER_RUN * 4
     assert forecast.seconds_left() == pytest.approx(4 * each / 2 + report)
     # The first run stopped after 4 steps (one epoch), in twice its modelled time at those steps.
@@ -94,7 +106,8 @@ def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
     assert forecast.seconds_left() == pytest.approx(2 * 3 * each / 2 + report)
     assert forecast.done_share == pytest.approx(5 / (5 + 3 * each)) and forecast.at_quarter is None
     forecast.finish(jobs[1], {"steps": 8, "timing": {"job_seconds": 2 * each}})
-    assert forecast.at_quarter is not None and forecast.at_quarter >= forecast.seconds_left()
+    # Set at the second finish, 100 s after the start: the elapsed time plus the time left then.
+    assert forecast.at_quarter == pytest.approx(100 + forecast.seconds_left(), abs=1.0)
 
 
 def test_the_forecast_spreads_the_steps_not_yet_taken_over_the_runs_left() -> None:

@@ -47,7 +47,8 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 CACHE_BYTES = 256 * 2**20  # a split at most this large is rendered once and kept (64 x 64: ~12,000 samples)
 # Rendered splits, shared by every instance with the same parameters in this process (the lab trains several
 # models on each task and seed in one worker: each drew the same 320 images again, ~0.2 s a run), the least
-# recently built dropped first beyond CACHE_BYTES in all.
+# recently used dropped first beyond CACHE_BYTES in all. The items are shared tensors: callers must not change
+# them in place (none does: batches are stacked copies).
 _RENDERED: OrderedDict[str, tuple[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
 
 
@@ -60,12 +61,6 @@ def _rendered(key: str, nbytes: int) -> dict[int, tuple[torch.Tensor, torch.Tens
         _RENDERED.popitem(last=False)  # an instance that holds the dropped store keeps it
     _RENDERED[key] = (nbytes, {})
     return _RENDERED[key][1]
-    while (
-        _RENDERED and (len(_RENDERED) + 1) * nbytes > CACHE_BYTES
-    ):  # the sizes of one run's splits are alike
-        _RENDERED.popitem(last=False)
-    _RENDERED[key] = {}
-    return _RENDERED[key]
 
 
 @dataclass
@@ -158,8 +153,10 @@ class SyntheticTask(Dataset):
             raise SpecError(f"{self.name}: need n >= 1 and size >= 8, got n={self.n}, size={self.size}")
         self.class_names = self.make_class_names()
         self.validate()
-        if self.cached:  # the key is every parameter (the dataclass's repr leaves the items out)
-            self._items = _rendered(repr(self), self.nbytes)
+        if self.cached:  # the key: the class and every parameter (the dataclass's repr leaves the items out)
+            self._items = _rendered(
+                f"{type(self).__module__}.{type(self).__qualname__}:{self!r}", self.nbytes
+            )
 
     # -- to override ---------------------------------------------------------------------------------------
     def make_class_names(self) -> list[str]:

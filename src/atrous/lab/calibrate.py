@@ -43,9 +43,7 @@ class Speed:
 def kind(job: Job) -> Job:
     """The short job that times ``job``: same model, task, batch, loss and averaging; what only changes the
     numbers (seed, learning rate, warm-up) is fixed, so jobs that differ only there share one timing."""
-    return replace(
-        job, seed=0, steps=min(STEPS, job.steps), warmup=0, lr=1e-3, stop_early=True, label="timing"
-    )
+    return replace(job, seed=0, steps=STEPS, warmup=0, lr=1e-3, stop_early=True, label="timing")
 
 
 def measure(
@@ -53,6 +51,8 @@ def measure(
 ) -> dict[str, Speed]:
     """Speeds of the jobs' kinds, keyed by ``kind(job).key``, from short runs in the lab's workers."""
     kinds = list({kind(j).key: kind(j) for j in jobs}.values())
+    if not kinds:
+        return {}
     with tempfile.TemporaryDirectory(prefix="atrous-calibration-") as tmp:
         results = run_jobs(kinds, Path(tmp), workers, device=device, pool=pool)
     rates = {key: _rates(r) for key, r in results.items()}
@@ -63,10 +63,11 @@ def measure(
 
 
 def _rates(result: dict) -> tuple[float, float, float]:
-    """(seconds per step after the first, seconds of validation, the rest of the job's seconds)."""
-    t, steps = result["timing"], result["steps"]
+    """(seconds per step after the first, seconds per validation pass, the rest of the job's seconds). A task
+    of fewer than STEPS steps per epoch validates more than once."""
+    t, steps, passes = result["timing"], result["steps"], len(result["history"])
     step = (t["train_seconds"] - t["first_step_seconds"]) / max(1, steps - 1)
-    return step, t["val_seconds"], max(0.0, t["job_seconds"] - steps * step - t["val_seconds"])
+    return step, t["val_seconds"] / passes, max(0.0, t["job_seconds"] - steps * step - t["val_seconds"])
 
 
 @lru_cache(maxsize=512)
@@ -142,4 +143,5 @@ class Forecast:
     def seconds_left(self) -> float:
         """Wall seconds until the report is written."""
         speed = self.measured / self.modelled if self.modelled else 1.0
-        return speed * self._modelled_left() / self.workers + REPORT_SECONDS_PER_RUN * self.runs
+        busy = max(1, min(self.workers, len(self.pending)))  # the last runs leave workers idle
+        return speed * self._modelled_left() / busy + REPORT_SECONDS_PER_RUN * self.runs

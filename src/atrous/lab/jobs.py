@@ -217,7 +217,11 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
     try:
         pool_args = {"initializer": exit_with_parent, "initargs": (os.getpid(),)}
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **pool_args) as pool:
-            yield pool
+            try:
+                yield pool
+            except BaseException:  # a failed run or Ctrl-C: the queued runs are not started
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     finally:
         if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -15,7 +17,19 @@ class WeightAverage(AveragedModel):
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.decay = decay
-        self._source: torch.nn.Module | None = None
+        self._forget()
+
+    def _forget(self) -> None:
+        # A weak reference, not an attribute: a module attribute would make the trained model a submodule of
+        # its average (its parameters and state_dict entries too).
+        self._source: weakref.ref[torch.nn.Module] | None = None
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to()``, ``.double()`` ... replace buffers: the lists are built again at the next update. The
+        trained model must likewise not be converted after the first update (the training loop converts it
+        before building its average)."""
+        self._forget()
+        return super()._apply(fn, *args, **kwargs)
 
     def _pairs(self, model: torch.nn.Module) -> None:
         # The tensors themselves, not detached views: a view would keep the old storage if ``.data`` were swapped.
@@ -27,11 +41,11 @@ class WeightAverage(AveragedModel):
         self._floats = ([mine[i] for i in floating], [theirs[i] for i in floating])
         self._others = [(mine[i], theirs[i]) for i in sorted(set(range(len(mine))) - set(floating))]
         self._all = list(zip(mine, theirs))
-        self._source = model
+        self._source = weakref.ref(model)
 
     @torch.no_grad()
     def update_parameters(self, model: torch.nn.Module) -> None:
-        if self._source is not model:
+        if self._source is None or self._source() is not model:
             self._pairs(model)
         if self.n_averaged == 0:
             for mine, theirs in self._all:
