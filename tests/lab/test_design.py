@@ -91,6 +91,19 @@ def test_a_timing_run_is_read_per_step_and_per_validation_pass() -> None:
     assert (step, validation, fixed) == pytest.approx((0.2, 0.25, 2.2 - 6 * 0.2 - 0.5))
 
 
+def test_the_estimate_takes_each_exercise_s_share_of_the_caps() -> None:
+    """Shares by job: a run expected to take half its cap costs its half; an unlisted one, all of it."""
+    data = "scale:size=32,n=32,small=4,large=8"
+    half, whole = (Job(f"convstack:width={w},rates=1,1", data, 0, 8, 8, 1e-3) for w in (4, 5))
+    speeds = {
+        calibrate.kind(j).key: calibrate.Speed(step=0.5, validation=1.0, fixed=2.0) for j in (half, whole)
+    }
+    got = calibrate.expected_seconds([half, whole], speeds, workers=1, shares={half.key: 0.5})
+    assert got == pytest.approx((4 * 0.5 + 1.0 + 2.0) + (8 * 0.5 + 2 * 1.0 + 2.0))
+    p = get_preset("quick")
+    assert p.step_share("ex4") == 0.722 and p.step_share("ex9") == 1.0
+
+
 def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
     """Runs that took twice their modelled time double the time left; the forecast at a quarter of the work is
     kept."""
@@ -98,7 +111,7 @@ def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
     jobs = [Job(f"convstack:width={w},rates=1,1", data, 0, 8, 8, 1e-3) for w in (4, 5, 6, 7)]
     speeds = {calibrate.kind(j).key: calibrate.Speed(step=0.5, validation=1.0, fixed=2.0) for j in jobs}
     each = 8 * 0.5 + 2 * 1.0 + 2.0  # 8 steps, 2 epochs, the fixed part
-    forecast = calibrate.Forecast(jobs, speeds, workers=2, share=1.0, start=time.perf_counter() - 100)
+    forecast = calibrate.Forecast(jobs, speeds, workers=2, shares=1.0, start=time.perf_counter() - 100)
     report = calibrate.REPORT_SECONDS_PER_RUN * 4
     assert forecast.seconds_left() == pytest.approx(4 * each / 2 + report)
     # The first run stopped after 4 steps (one epoch), in twice its modelled time at those steps.
@@ -116,7 +129,7 @@ def test_the_forecast_spreads_the_steps_not_yet_taken_over_the_runs_left() -> No
     data = "scale:size=32,n=32,small=4,large=8"
     jobs = [Job(f"convstack:width={w},rates=1,1", data, 0, 8, 8, 1e-3) for w in (4, 5, 6, 7)]
     speeds = {calibrate.kind(j).key: calibrate.Speed(step=0.5, validation=1.0, fixed=2.0) for j in jobs}
-    forecast = calibrate.Forecast(jobs, speeds, workers=1, share=0.5, start=time.perf_counter())
+    forecast = calibrate.Forecast(jobs, speeds, workers=1, shares=0.5, start=time.perf_counter())
     first = calibrate.job_seconds(jobs[0], speeds)
     forecast.finish(jobs[0], {"steps": 8, "timing": {"job_seconds": first}})
     left = 3 * calibrate.job_seconds(jobs[1], speeds, 1 / 3)  # 3 steps each (round(8 / 3)), one epoch

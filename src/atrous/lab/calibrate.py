@@ -14,6 +14,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -85,12 +86,19 @@ def job_seconds(job: Job, speeds: dict[str, Speed], share: float = 1.0) -> float
     return steps * speed.step + epochs * speed.validation + speed.fixed
 
 
+Shares = float | Mapping[str, float]  # of the step caps the runs are expected to take: one, or by Job.key
+
+
+def _share(shares: Shares, job: Job) -> float:
+    return shares if isinstance(shares, (int, float)) else shares.get(job.key, 1.0)
+
+
 def expected_seconds(
-    jobs: list[Job], speeds: dict[str, Speed], workers: int, share: float = 1.0, report: bool = False
+    jobs: list[Job], speeds: dict[str, Speed], workers: int, shares: Shares = 1.0, report: bool = False
 ) -> float:
-    """Wall time of the jobs on ``workers`` single-threaded processes if the runs take ``share`` of their step
+    """Wall time of the jobs on ``workers`` single-threaded processes if the runs take ``shares`` of their step
     limits; with ``report``, and of the report on them (one process)."""
-    training = sum(job_seconds(j, speeds, share) for j in jobs) / max(1, workers)
+    training = sum(job_seconds(j, speeds, _share(shares, j)) for j in jobs) / max(1, workers)
     return training + (REPORT_SECONDS_PER_RUN * len(jobs) if report else 0.0)
 
 
@@ -110,13 +118,13 @@ class Forecast:
     expected steps not yet taken, spread over the runs left in proportion to their caps."""
 
     def __init__(
-        self, jobs: list[Job], speeds: dict[str, Speed], workers: int, share: float, start: float
+        self, jobs: list[Job], speeds: dict[str, Speed], workers: int, shares: Shares, start: float
     ) -> None:
         """``start``: ``time.perf_counter()`` when the lab started."""
         self.speeds, self.workers, self.start = speeds, max(1, workers), start
         self.pending = {j.key: j for j in jobs}
         self.runs = len(self.pending)
-        self.steps_left = share * sum(j.steps for j in self.pending.values())
+        self.steps_left = sum(_share(shares, j) * j.steps for j in self.pending.values())
         self.modelled = self.measured = 0.0
         self.at_quarter: float | None = (
             None  # the total wall time forecast once a quarter of the work was done

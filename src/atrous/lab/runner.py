@@ -100,7 +100,10 @@ def run_lab(
         jobs = calibrate.longest_first(jobs, speeds)
         # Everything so far (the design's RF analyses, the calibration) is measured; the rest is modelled.
         started = time.perf_counter() - start
-        estimate = started + calibrate.expected_seconds(jobs, speeds, workers, p.step_share, report=True)
+        shares: dict[str, float] = {}
+        for key in chosen:  # a run two exercises share counts in the first, as the shares were read off
+            shares.update({j.key: p.step_share(key) for j in planned[key] if j.key not in shares})
+        estimate = started + calibrate.expected_seconds(jobs, speeds, workers, shares, report=True)
         at_cap = calibrate.expected_seconds(jobs, speeds, workers)
         console.print(
             f"lab {preset}: {len(jobs)} training runs on {workers} "
@@ -109,7 +112,7 @@ def run_lab(
             "every run goes to its step cap)",
             soft_wrap=True,
         )
-        forecast = calibrate.Forecast(jobs, speeds, workers, p.step_share, start)
+        forecast = calibrate.Forecast(jobs, speeds, workers, shares, start)
         results = _train(jobs, run_dir, workers, device, console, f"lab {preset}", pool, forecast)
     registered = registration.read_back(run_dir, digest)["exercises"]
     sections, report_seconds = [], {}
