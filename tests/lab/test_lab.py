@@ -339,3 +339,28 @@ def test_audit_end_to_end_on_tiny(capsys: pytest.CaptureFixture, tmp_path: Path)
     cap_epochs = math.ceil(get_preset("tiny").steps / (48 // 8))  # tiny: 48 images, batch 8
     assert all(1 <= r["stop_epoch"] <= cap_epochs for r in rows)
     assert all(r["left_on_table"] == pytest.approx(r["miou_long"] - r["miou_at_stop"]) for r in rows)
+
+
+def test_a_class_missing_from_a_seeds_validation_images_leaves_that_seed_out_of_its_numbers() -> None:
+    """Exercise 4's task on seed 102: the 64 validation images hold no 12 px square (label 2). Its IoU there
+    measures nothing (undefined, or 0 for a model that predicts the class somewhere), so every model's class-2
+    numbers use seeds 100 and 101 only, the report says so, and the other classes keep all three seeds."""
+    data = "multiscale:size=48,n=256,max_extent=36"
+    assert 2 not in common.val_labels(data, 102) and 2 in common.val_labels(data, 100)
+
+    def run(seed: int, iou: list[float | None]) -> dict:
+        return {"job": {"data": data, "seed": seed}, "final": {"iou": iou, "miou": 0.9}}
+
+    per_seed = [
+        run(100, [1.0, 0.9, 0.8, 0.95]),
+        run(101, [1.0, 0.9, 0.7, 0.95]),
+        run(102, [1.0, 0.9, None, 0.9]),
+    ]
+    assert common.absent(per_seed, 2) == [102] and common.absent(per_seed, 1) == []
+    assert common.final(per_seed, "iou:2") == [0.8, 0.7]
+    assert common.final(per_seed, "iou:3") == [0.95, 0.95, 0.9]
+    assert common.estimate(per_seed, "iou:2").n == 2
+    note = common.absent_note(per_seed, {1: "4px objects", 2: "12px objects", 3: "36px objects"})
+    assert note == "Left out of the per-class numbers: seed 102: no 12px objects in its validation images."
+    with pytest.raises(AtrousError, match=r"absent from the validation images .* for seeds \[102\]"):
+        common.final(per_seed[1:], "iou:2")

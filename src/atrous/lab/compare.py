@@ -138,6 +138,9 @@ def regime_part(
             f"Regime ({regime.key}): measured, mean ± 95 % CI over {len(seeds)} seeds",
         )
     )
+    note = common.absent_note(next(iter(runs.values())), {1: "small objects"})
+    if note:
+        s.paragraphs.append(note)
     verdict_rows, comparisons = [], []
     for c in contests:
         guess, why = predicted[c.name]["prediction"], predicted[c.name]["because"]

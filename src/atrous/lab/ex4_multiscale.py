@@ -111,6 +111,10 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, registere
             "Validation IoU per object-size class, mean ± 95 % CI over seeds",
         )
     )
+    first = common.runs(results, p, p.ms_variants[0][1], data, seeds)
+    note = common.absent_note(first, {c + 1: f"{name} objects" for c, name in enumerate(classes)})
+    if note:
+        s.paragraphs.append(note)
     fig = "ex4_iou_by_size.png"
     plots.heatmap(
         means,
