@@ -5,7 +5,7 @@ momentum, forward + backward + step. Rows:
 
 * bare training steps on synthetic tensors already on the GPU: torchvision's ``deeplabv3_resnet50`` (only when
   torchvision is installed; imported here alone) and ours, NCHW and channels-last. A bare step is
-  ``atrous train``'s step without its data and bookkeeping: the same optimizer (fused on a GPU), loss, auxiliary
+  ``atrous train``'s step without its data and bookkeeping: the same optimizer (fused), loss, auxiliary
   weight and precision, built from the same ``TrainConfig`` as the train rows;
 * ``atrous train`` itself, data (``multiscale``, 21 classes, 512 x 512), logging and all, eager and with
   ``--compile``: the steady-state rate leaves out the first step. ``first_step_s`` is that first step's wall
@@ -277,7 +277,7 @@ def step_flops(s: Setting, model: torch.nn.Module, forward: Callable, device: to
 
 
 def bare_optimizer(s: Setting, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer ``atrous train`` builds for the train rows' config (fused SGD on a GPU)."""
+    """The optimizer ``atrous train`` builds for the train rows' config (fused SGD)."""
     from atrous.train.setup import make_optimizer
 
     return make_optimizer(s.train_config(device), model)

@@ -113,15 +113,14 @@ class Forecast:
     the same convolution's median time over 2 s windows moved between 29 and 67 ms within 40 s, so a few seconds
     of timing before the start can be off by a fifth whatever they measure. The runs that have finished say how
     fast this machine is now running the lab: their measured seconds over their modelled seconds (at the steps
-    they took) scale what is left. And they say how many of the expected steps are used up: the longest runs
-    go first, and they take more of their cap than the short ones that follow, so what is left takes the
-    expected steps not yet taken, spread over the runs left in proportion to their caps."""
+    they took) scale what is left. And they say how many of the expected steps are used up: what is left takes
+    the expected steps not yet taken, spread over the runs left in proportion to their own expected steps."""
 
     def __init__(
         self, jobs: list[Job], speeds: dict[str, Speed], workers: int, shares: Shares, start: float
     ) -> None:
         """``start``: ``time.perf_counter()`` when the lab started."""
-        self.speeds, self.workers, self.start = speeds, max(1, workers), start
+        self.speeds, self.workers, self.start, self.shares = speeds, max(1, workers), start, shares
         self.pending = {j.key: j for j in jobs}
         self.runs = len(self.pending)
         self.steps_left = sum(_share(shares, j) * j.steps for j in self.pending.values())
@@ -139,9 +138,13 @@ class Forecast:
             self.at_quarter = time.perf_counter() - self.start + self.seconds_left()
 
     def _modelled_left(self) -> float:
-        caps = sum(j.steps for j in self.pending.values())
-        share = min(1.0, max(0.0, self.steps_left / caps)) if caps else 0.0
-        return sum(job_seconds(j, self.speeds, share) for j in self.pending.values())
+        """The runs left at their own shares, all scaled by one factor so that they take the steps left."""
+        expected = sum(_share(self.shares, j) * j.steps for j in self.pending.values())
+        factor = max(0.0, self.steps_left / expected) if expected else 0.0
+        return sum(
+            job_seconds(j, self.speeds, min(1.0, factor * _share(self.shares, j)))
+            for j in self.pending.values()
+        )
 
     @property
     def done_share(self) -> float:

@@ -48,11 +48,11 @@ def final(per_seed: list[dict], metric: str) -> list[float]:
         k = int(idx)
         gone = absent(per_seed, k)
         kept = [r for r in per_seed if r["job"]["seed"] not in gone]
-        if len(kept) < 2:
+        if gone and not kept:
             raise AtrousError(
-                f"class {k} is absent from the validation images of {per_seed[0]['job']['data']!r} for seeds "
-                f"{gone}, which leaves fewer than 2 seeds to measure it: give the task more validation images "
-                "(a larger n) or other seeds"
+                f"class {k} is absent from the validation images of {per_seed[0]['job']['data']!r} for every "
+                f"seed ({gone}), so nothing measures it: give the task more validation images (a larger n) or "
+                "other seeds"
             )
         return [r["final"][name][k] for r in kept]
     return [r["final"][metric] for r in per_seed]

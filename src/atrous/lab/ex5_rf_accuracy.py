@@ -107,6 +107,10 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, registere
             for r, m, c, f, _ in points
         ]
         s.paragraphs.append(text)
+        first = common.runs(results, p, stack_spec(p, p.ex5_rfs[0]), data_spec(p, small), seeds)
+        note = common.absent_note(first, {SMALL: f"{small} px objects"})
+        if note:
+            s.paragraphs.append(note)
         need = needed_rf(small)
         caption = (
             f"`{data_spec(p, small)}` (needed RF {need}); mean ± 95 % CI over seeds; img/s measured on one "

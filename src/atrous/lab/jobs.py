@@ -219,7 +219,9 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **pool_args) as pool:
             try:
                 yield pool
-            except BaseException:  # a failed run or Ctrl-C: the queued runs are not started
+            except (
+                BaseException
+            ):  # a failed run or Ctrl-C: runs still queued are cancelled (not those started)
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     finally:

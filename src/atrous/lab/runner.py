@@ -101,7 +101,7 @@ def run_lab(
         # Everything so far (the design's RF analyses, the calibration) is measured; the rest is modelled.
         started = time.perf_counter() - start
         shares: dict[str, float] = {}
-        for key in chosen:  # a run two exercises share counts in the first, as the shares were read off
+        for key in sorted(chosen, key=list(EXERCISES).index):  # a shared run counts in the first, as read off
             shares.update({j.key: p.step_share(key) for j in planned[key] if j.key not in shares})
         estimate = started + calibrate.expected_seconds(jobs, speeds, workers, shares, report=True)
         at_cap = calibrate.expected_seconds(jobs, speeds, workers)
