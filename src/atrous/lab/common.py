@@ -67,12 +67,10 @@ def absent(per_seed: list[dict], label: int) -> list[int]:
 
 @functools.lru_cache(maxsize=256)
 def val_labels(data: str, seed: int) -> frozenset[int]:
-    """The labels of the validation images a run of ``data`` with ``seed`` was validated on (as ``atrous
-    train`` builds them)."""
-    from atrous.data import build_dataset
-    from atrous.train.setup import default_val_spec
+    """The labels of the validation images a run of ``data`` with ``seed`` was validated on."""
+    from atrous.lab.bands import validation_set
 
-    ds = build_dataset(default_val_spec(data), split="val", seed=seed)
+    ds = validation_set(data, seed)
     return frozenset(int(v) for i in range(len(ds)) for v in ds[i][1].unique().tolist())
 
 
