@@ -1,5 +1,5 @@
-"""Lab presets. ``quick`` (the default): every exercise, 3 seeds, on one 2-core machine, in 300 s or less (219-304
-s in this round's runs, BENCHMARKS.md; the lab's timings.json says where the time goes);
+"""Lab presets. ``quick`` (the default): every exercise, 3 seeds, on one 2-core machine, aiming at 300 s (219-304 s
+in this round's runs, BENCHMARKS.md; the lab's timings.json says where the time goes);
 ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider models; a
 GPU's job)."""
 
