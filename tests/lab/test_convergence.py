@@ -20,30 +20,55 @@ pytestmark = pytest.mark.usefixtures("cpu_only")
 OK = [0.9, 0.8, 0.7]  # every class predicted
 
 
+def flat(miou: list[float]) -> list[float]:
+    """A training loss that no longer falls, one value per epoch of ``miou``."""
+    return [0.3] * len(miou)
+
+
 def test_never_stops_before_the_minimum_even_on_a_flat_start() -> None:
-    flat = [0.48] * (MIN_EPOCHS - 1)
-    assert not convergence.should_stop(flat, OK)
-    assert convergence.should_stop([0.48] * MIN_EPOCHS, OK)  # flat for longer than the window: a plateau
+    start = [0.48] * (MIN_EPOCHS - 1)
+    assert not convergence.should_stop(start, flat(start), OK)
+    assert convergence.should_stop(
+        [0.48] * MIN_EPOCHS, flat([0.48] * MIN_EPOCHS), OK
+    )  # flat for longer than the window: a plateau
     # Solved is solved, however early: a run at >= SOLVED cannot leave more than the audit's tolerance.
-    assert convergence.should_stop([0.2] * (MIN_EPOCHS - 2) + [convergence.SOLVED], OK)
-    assert not convergence.should_stop([0.2] * (MIN_EPOCHS - 2) + [convergence.SOLVED - 0.001], OK)
+    solved, almost = [0.2] * (MIN_EPOCHS - 2) + [convergence.SOLVED], [0.2] * (MIN_EPOCHS - 2) + [0.989]
+    assert convergence.should_stop(solved, flat(solved), OK)
+    assert not convergence.should_stop(almost, flat(almost), OK)
 
 
 def test_a_late_climb_keeps_the_run_going() -> None:
     curve = [0.48] * MIN_EPOCHS + [0.50, 0.60, 0.75]
-    assert not convergence.should_stop(curve, OK)  # the last WINDOW epochs gained more than MIN_GAIN
+    assert not convergence.should_stop(
+        curve, flat(curve), OK
+    )  # the last WINDOW epochs gained more than MIN_GAIN
     # The rule fires on the first epoch whose window adds nothing: here the first epoch at the minimum.
-    assert convergence.stop_epoch([0.48] * 20, [OK] * 20) == MIN_EPOCHS
+    assert convergence.stop_epoch([0.48] * 20, flat([0.48] * 20), [OK] * 20) == MIN_EPOCHS
     rising = [0.1 * min(e, 9) for e in range(1, 21)]  # climbs to 0.9 at epoch 9, then flat
-    assert convergence.stop_epoch(rising, [OK] * 20) == 9 + WINDOW
+    assert convergence.stop_epoch(rising, flat(rising), [OK] * 20) == 9 + WINDOW
+
+
+def test_a_dip_while_the_training_loss_falls_keeps_the_run_going() -> None:
+    """The shape of Exercise 4's rate-3 head on audit seeds 51 and 52: its validation mIoU dips from 0.95 to 0.93
+    while its training loss falls by more than half, then climbs to 0.97. The mIoU alone calls the dip a plateau;
+    the falling loss says the model is still learning. A model that overfits (mIoU down, loss flat) stops."""
+    dip = [0.5, 0.7, 0.85, 0.9, 0.93, 0.94, 0.945, 0.95, 0.95, 0.945, 0.94, 0.935, 0.93, 0.93, 0.935, 0.94]
+    falling = [0.5 * 0.9**e for e in range(len(dip))]  # a tenth off every epoch: 47 % over a window of 6
+    assert convergence.plateaued(dip, flat(dip)) and not convergence.plateaued(dip, falling)
+    assert not convergence.should_stop(dip, falling, OK) and convergence.should_stop(dip, flat(dip), OK)
+    # The loss's own window: flat once its lowest of the last WINDOW epochs is within MAX_LOSS_DROP of before.
+    edge = [1.0] * MIN_EPOCHS + [1 - convergence.MAX_LOSS_DROP] * WINDOW
+    assert convergence.plateaued([0.6] * len(edge), edge)
+    assert not convergence.plateaued([0.6] * len(edge), [*edge[:-1], edge[-1] - 0.01])
+    with pytest.raises(ValueError, match="training loss"):
+        convergence.should_stop(dip, falling[:-1], OK)
 
 
 def test_solved_stops_at_once() -> None:
-    assert convergence.stop_epoch([0.5, 0.9, 0.98, 0.999] + [1.0] * 20, [OK] * 24) == 4
+    fast = [0.5, 0.9, 0.98, 0.999] + [1.0] * 20
+    assert convergence.stop_epoch(fast, flat(fast), [OK] * 24) == 4
     # The partial-solution clause comes first: no stop while a class is never predicted.
-    assert (
-        convergence.stop_epoch([0.5, 0.999, 0.999, 0.999], [OK, [1.0, 0.0, 0.99], [1.0, 0.0, 0.99], OK]) == 4
-    )
+    assert convergence.stop_epoch(fast[:4], flat(fast[:4]), [OK, [1.0, 0.0, 0.99], [1.0, 0.0, 0.99], OK]) == 4
 
 
 def test_never_stops_on_a_partial_solution() -> None:
@@ -52,24 +77,33 @@ def test_never_stops_on_a_partial_solution() -> None:
     dead, alive = [1.0, 0.0, 0.83], [1.0, 0.95, 0.99]
     curve, ious = [0.61] * 20 + [0.98] * 10, [dead] * 20 + [alive] * 10
     assert not convergence.should_stop(
-        [0.61] * 20, dead
+        [0.61] * 20, flat([0.61] * 20), dead
     )  # flat for 20 epochs: a plateau, but a class is dead
-    assert convergence.stop_epoch(curve, ious) == 21 + WINDOW  # after the climb, a full window without gain
+    assert (
+        convergence.stop_epoch(curve, flat(curve), ious) == 21 + WINDOW
+    )  # after the climb, a full window without gain
 
     plateau = [0.7] * (MIN_EPOCHS + WINDOW)
-    assert convergence.health(plateau, [0.9, 0.5, 0.6]) == CONVERGED
-    assert convergence.health([*plateau[:-1], 0.9], [0.9, 0.5, 0.6]) == IMPROVING
-    assert convergence.health([0.5] * 3, [0.9, 0.5, 0.6]) == IMPROVING  # the cap came before the minimum
+    assert convergence.health(plateau, flat(plateau), [0.9, 0.5, 0.6]) == CONVERGED
+    assert convergence.health([*plateau[:-1], 0.9], flat([*plateau[:-1], 0.9]), [0.9, 0.5, 0.6]) == IMPROVING
+    assert (
+        convergence.health([0.5] * 3, flat([0.5] * 3), [0.9, 0.5, 0.6]) == IMPROVING
+    )  # the cap came before the minimum
     # Background and the large class learnt, the small class never predicted (check seed 20's dilated U-Net).
-    assert convergence.health(plateau, [0.977, 0.0, 1.0]) == TRIVIAL
-    assert convergence.health(plateau, [0.81, None, 0.005]) == TRIVIAL
-    assert convergence.health(plateau, [0.81, None, 0.02]) == CONVERGED  # an absent class is not a failure
+    assert convergence.health(plateau, flat(plateau), [0.977, 0.0, 1.0]) == TRIVIAL
+    assert convergence.health(plateau, flat(plateau), [0.81, None, 0.005]) == TRIVIAL
+    assert (
+        convergence.health(plateau, flat(plateau), [0.81, None, 0.02]) == CONVERGED
+    )  # an absent class is not a failure
 
 
 def test_audit_reads_the_rule_off_the_long_curve() -> None:
     job = Job("m", "d", 40, steps=8 * 4, batch_size=8, lr=1e-3, label="x")
     curve = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9] + [0.95] * 12
-    history = [{"step": 4 * (e + 1), "val": {"miou": m, "iou": [0.9, m, m]}} for e, m in enumerate(curve)]
+    history = [
+        {"step": 4 * (e + 1), "train_loss": 0.3, "val": {"miou": m, "iou": [0.9, m, m]}}
+        for e, m in enumerate(curve)
+    ]
     row = audit.audit_run(job, {"history": history}, epoch_steps=4)
     # The cap is 8 epochs (32 steps / 4), before the plateau is seen: the rule trains all 8.
     assert row["stop_epoch"] == 8 and row["miou_at_stop"] == 0.9 and row["miou_long"] == 0.95
@@ -124,9 +158,9 @@ def test_a_class_out_of_the_models_reach_is_not_a_training_failure() -> None:
         out_of_reach("aspp_net:width=4,rates=1,1,1", "shapes:size=16,n=4") == frozenset()
     )  # no size classes
     plateau, dead = [0.6] * (MIN_EPOCHS + WINDOW), [0.9, 0.0, 0.8]
-    assert convergence.health(plateau, dead) == TRIVIAL
-    assert convergence.health(plateau, dead, out_of_reach={1}) == CONVERGED
-    assert convergence.stop_epoch(plateau, [dead] * len(plateau), {1}) == MIN_EPOCHS
+    assert convergence.health(plateau, flat(plateau), dead) == TRIVIAL
+    assert convergence.health(plateau, flat(plateau), dead, out_of_reach={1}) == CONVERGED
+    assert convergence.stop_epoch(plateau, flat(plateau), [dead] * len(plateau), {1}) == MIN_EPOCHS
 
 
 def test_a_class_no_stride_block_is_mostly_of_is_out_of_reach_of_nearest_logits() -> None:

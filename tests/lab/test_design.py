@@ -101,7 +101,7 @@ def test_the_estimate_takes_each_exercise_s_share_of_the_caps() -> None:
     got = calibrate.expected_seconds([half, whole], speeds, workers=1, shares={half.key: 0.5})
     assert got == pytest.approx((4 * 0.5 + 1.0 + 2.0) + (8 * 0.5 + 2 * 1.0 + 2.0))
     p = get_preset("quick")
-    assert p.step_share("ex4") == 0.722 and p.step_share("ex9") == 1.0
+    assert 0 < p.step_share("ex4") < 1 and p.step_share("ex9") == 1.0  # listed, and unlisted: the whole cap
 
 
 def test_the_forecast_follows_the_speed_of_the_finished_runs() -> None:
@@ -159,7 +159,7 @@ def test_a_job_without_the_stopping_rule_runs_all_its_steps(
     from atrous.lab import jobs
 
     monkeypatch.setattr(
-        jobs.convergence, "should_stop", lambda history, iou, out_of_reach=(): True
+        jobs.convergence, "should_stop", lambda miou, loss, iou, out_of_reach=(): True
     )  # the rule would stop after one epoch
     job = Job("convstack:width=4", "shapes:size=16,n=16", 0, 8, 4, 1e-3)
     assert jobs.run_job(job, str(tmp_path))["steps"] == 4

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from atrous.fileio import write_atomic
 from atrous.lab import convergence
-from atrous.lab.jobs import Job, run_jobs
+from atrous.lab.jobs import Job, curves, run_jobs
 from atrous.lab.presets import Preset
 
 FACTOR = 3
@@ -39,11 +39,12 @@ def audit_run(job: Job, result: dict, epoch_steps: int, skip: frozenset[int] = f
     """Where the rule stops on this long run's curve (capped at the preset's steps), and what it leaves; ``skip``:
     the classes out of the model's reach (``jobs.out_of_reach``)."""
     history = result["history"]
-    miou = [h["val"]["miou"] for h in history]
+    miou, loss = curves(history)
     cap_epochs = math.ceil(job.steps / epoch_steps)
-    stop = convergence.stop_epoch(miou[:cap_epochs], [h["val"]["iou"] for h in history[:cap_epochs]], skip)
+    ious = [h["val"]["iou"] for h in history[:cap_epochs]]
+    stop = convergence.stop_epoch(miou[:cap_epochs], loss[:cap_epochs], ious, skip)
     at_stop, end = history[stop - 1]["val"], history[-1]["val"]
-    health = convergence.health(miou[:stop], at_stop["iou"], skip)
+    health = convergence.health(miou[:stop], loss[:stop], at_stop["iou"], skip)
     return {
         "label": job.label,
         "seed": job.seed,

@@ -87,7 +87,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
 
     def stop(record: dict) -> bool:
         seen.append(record)
-        return convergence.should_stop([r["val"]["miou"] for r in seen], record["val"]["iou"], skip)
+        return convergence.should_stop(*curves(seen), record["val"]["iou"], skip)
 
     def anneal(record: dict) -> float:
         return convergence.final_anneal(record["step"], record["step"] // record["epoch"], job.steps)
@@ -111,7 +111,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         "job": asdict(job),
         "history": history,
         "final": history[-1]["val"],
-        "health": convergence.health([h["val"]["miou"] for h in history], history[-1]["val"]["iou"], skip),
+        "health": convergence.health(*curves(history), history[-1]["val"]["iou"], skip),
         "out_of_reach": sorted(skip),  # classes the health check excused
         **model_costs(job.model, job.data, model),
         "steps": result.steps,
@@ -124,6 +124,11 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         },
         "run_dir": str(run_dir),
     }
+
+
+def curves(history: list[dict]) -> tuple[list[float], list[float]]:
+    """The validation mIoU and training loss per epoch of a run's history: what the stopping rule reads."""
+    return [h["val"]["miou"] for h in history], [h["train_loss"] for h in history]
 
 
 _COSTS: dict[tuple[str, str], dict[str, float]] = {}
