@@ -209,8 +209,14 @@ def test_context_module_identity_initialisation() -> None:
     x = torch.rand(2, 5, 30, 30)
     with torch.no_grad():
         assert torch.allclose(ContextModule(5, "basic")(x), x, atol=1e-6)
+        assert torch.allclose(ContextModule(5, "basic", act="leaky")(x), x, atol=1e-6)  # x >= 0: the identity
         large = ContextModule(5, "large")(x)
     assert (large - x).abs().max() < 0.5 and not torch.allclose(large, x)
+
+
+def test_context_module_names_an_unknown_activation() -> None:
+    with pytest.raises(ModelError, match="act='gelu': use one of relu, leaky"):
+        atrous.create_model("context:act=gelu")
 
 
 def test_nearest_logits_are_constant_on_each_stride_block() -> None:
@@ -231,14 +237,17 @@ def test_normalised_scores_give_a_class_dead_at_the_context_module_a_gradient() 
     unpredicted; batch-normalised scores are positive on part of the image and let the gradient through."""
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
     grads = {}
-    for scores in ("raw", "norm"):
+    for wiring in ("scores=raw", "scores=norm", "scores=raw,act=leaky"):
         torch.manual_seed(0)
-        net = atrous.create_model(f"context:num_classes=3,scores={scores}").train()
+        net = atrous.create_model(f"context:num_classes=3,{wiring}").train()
         with torch.no_grad():
             net.front.head.bias[1] = -1e3  # class 1 scores far below zero at every pixel
         torch.nn.functional.cross_entropy(net(x), y).backward()
-        grads[scores] = net.front.head.weight.grad[1].abs().sum().item()
-    assert grads["raw"] == 0.0 and grads["norm"] > 1e-3, grads
+        grads[wiring] = net.front.head.weight.grad[1].abs().sum().item()
+    # Leaky ReLUs pass the negative score on, scaled by 0.1 per layer: a small gradient, but not none.
+    assert grads["scores=raw"] == 0.0 and grads["scores=norm"] > 1e-3 and grads["scores=raw,act=leaky"] > 0, (
+        grads
+    )
 
 
 def test_context_module_rf_per_layer() -> None:
