@@ -105,9 +105,10 @@ PRESETS = {
         steps=1536,
         warmup=32,
         ema=0.98,
-        # Read off runs/lab-design6 (2026-12-02, the 48-epoch cap and the rule of session 11): 800, 2,624,
-        # 10,080, 9,888 and 3,552 steps of 6,144, 18,432, 46,080, 23,040 and 23,040 capped; 26,944 of 116,736.
-        step_shares=(("ex1", 0.13), ("ex2", 0.142), ("ex3", 0.219), ("ex4", 0.429), ("ex5", 0.154)),
+        # Read off runs/lab-design7 (2026-12-02, the 48-epoch cap, the rule and the leaky context module of session
+        # 11): 800, 2,624, 10,912, 9,888 and 3,552 steps of 6,144, 18,432, 46,080, 23,040 and 23,040 capped;
+        # 27,776 of 116,736.
+        step_shares=(("ex1", 0.13), ("ex2", 0.142), ("ex3", 0.237), ("ex4", 0.429), ("ex5", 0.154)),
         batch_size=8,
         lr=5e-3,
         width=12,
