@@ -60,8 +60,25 @@ def test_a_dip_while_the_training_loss_falls_keeps_the_run_going() -> None:
     edge = [1.0] * MIN_EPOCHS + [1 - convergence.MAX_LOSS_DROP] * WINDOW
     assert convergence.plateaued([0.6] * len(edge), edge)
     assert not convergence.plateaued([0.6] * len(edge), [*edge[:-1], edge[-1] - 0.01])
+    # A drop of more than MAX_LOSS_DROP that happened WINDOW + 1 epochs ago is before the window: flat.
+    old_drop = [1.0] * (MIN_EPOCHS - 1) + [0.5] * (WINDOW + 1)
+    assert convergence.plateaued([0.6] * len(old_drop), old_drop)
+    new_drop = [1.0] * MIN_EPOCHS + [0.5] * WINDOW  # the drop at the window's first epoch: inside it
+    assert not convergence.plateaued([0.6] * len(new_drop), new_drop)
     with pytest.raises(ValueError, match="training loss"):
         convergence.should_stop(dip, falling[:-1], OK)
+    with pytest.raises(ValueError, match="training loss"):
+        convergence.plateaued(dip, falling[:-1])
+
+
+def test_a_falling_loss_neither_delays_a_solved_run_nor_counts_as_converged_at_the_cap() -> None:
+    falling = [0.5 * 0.8**e for e in range(20)]
+    solved = [0.5, 0.8, 0.95, 0.992] + [0.995] * 16
+    assert convergence.stop_epoch(solved, falling, [OK] * 20) == 4  # solved is solved, whatever the loss does
+    flat_miou = [0.7] * 20
+    assert convergence.stop_epoch(flat_miou, falling, [OK] * 20) == 20  # never fires: trains to the cap
+    assert convergence.health(flat_miou, falling, OK) == IMPROVING
+    assert convergence.health(flat_miou, flat(flat_miou), OK) == CONVERGED
 
 
 def test_solved_stops_at_once() -> None:
@@ -119,6 +136,21 @@ def test_audit_reads_the_rule_off_the_long_curve() -> None:
         2,
     )
     assert "Of the 2 runs the rule called converged, 1 are within" in audit.markdown(summary, [called])
+
+    # The audit reads the loss too: a flat mIoU over a falling loss is still learning. Cap 20 epochs here.
+    job20 = replace(job, steps=4 * 20)
+    curve = [0.5, 0.7, 0.8] + [0.85] * 21
+    loss = [1.0, 0.6, 0.4] + [0.3 * 0.8**e for e in range(15)] + [0.3 * 0.8**14] * 6
+    history = [
+        {"step": 4 * (e + 1), "train_loss": lo, "val": {"miou": m, "iou": [0.9, m, m]}}
+        for e, (m, lo) in enumerate(zip(curve, loss))
+    ]
+    row = audit.audit_run(job20, {"history": history}, epoch_steps=4)
+    assert row["stop_epoch"] == 20 and row["health_at_stop"] == IMPROVING  # the loss fell until epoch 18
+    for h in history:
+        h["train_loss"] = 0.3
+    row = audit.audit_run(job20, {"history": history}, epoch_steps=4)
+    assert row["stop_epoch"] == MIN_EPOCHS and row["health_at_stop"] == CONVERGED
 
 
 def test_a_stopped_run_is_the_prefix_of_a_longer_one(tmp_path: Path) -> None:

@@ -28,7 +28,9 @@ from atrous.lab.presets import Preset
 FACTOR = 3
 TOLERANCE = convergence.TOLERANCE
 TARGET_SHARE = 0.95
-AUDIT_SEEDS = (40, 41, 42)  # neither reported (0, 1, 2) nor used to design the rule (10, 11, 12)
+# Not reported (0, 1, 2) and not the design runs' (10, 11, 12). Earlier audits used them (and 51, 52) to choose
+# the rule and the cap; held out for the rule of session 11: 110-113 (BENCHMARKS.md).
+AUDIT_SEEDS = (40, 41, 42)
 
 
 def long_job(job: Job) -> Job:

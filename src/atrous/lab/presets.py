@@ -1,5 +1,6 @@
-"""Lab presets. ``quick`` (the default): every exercise, 3 seeds, on one 2-core machine, aiming at 300 s (219-304 s
-in this round's runs, BENCHMARKS.md; the lab's timings.json says where the time goes);
+"""Lab presets. ``quick`` (the default): every exercise, 3 seeds, on one 2-core machine, aiming at 300 s (119-147 s
+in session 11's runs, on a day this machine ran fast; BENCHMARKS.md; the lab's timings.json says where the time
+goes);
 ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider models; a
 GPU's job)."""
 
@@ -44,7 +45,7 @@ class Preset:
     ex5_depth: int = 5
     # Share of the capped steps that the stopping rule let each exercise's runs take on the design seeds (10, 11,
     # 12), by exercise (a run two exercises share counts in the first): what the printed time estimate expects.
-    # Exercises differ (quick: Exercise 4's heads took 72 % of their caps, Exercise 1's stacks 26 %), so that an
+    # Exercises differ (quick: Exercise 4's heads took 43 % of their caps, Exercise 1's stacks 13 %), so that an
     # estimate for `--only` some of them holds too. Unlisted: 1 (every run to its cap).
     step_shares: tuple[tuple[str, float], ...] = ()
 
