@@ -38,9 +38,11 @@ label of no such block (``jobs.block_outvoted``: the 3 px squares at stride 8), 
 too. A class within reach that is never predicted is a training failure, not an RF limit; seen on check seed 20,
 where a dilated U-Net in the control regime stopped at 0.66 mIoU with the small class dead.
 
-What no rule read off these curves catches: the undilated context module in regime (a) sits on a plateau of both
-curves (mIoU 0.56-0.64, training loss down 1 % an epoch) for 12-30 epochs before it climbs to its 0.91 (audit
-seeds 51 and 52); BENCHMARKS.md says what was tried.
+What this rule does not catch (held-out audits, seeds 110-113; BENCHMARKS.md says what else was tried): Exercise
+4's rate-3 head creeps on at about 0.001 an epoch, through dips, until epoch 70 or so, and is stopped 0.025-0.048
+short on every one of those seeds; and the undilated context module in regime (a) can sit on a plateau of both
+curves (mIoU near 0.6, training loss down about 1 % an epoch) for 15-30 epochs before it climbs to about 0.9, and
+is sometimes stopped there.
 
 Tried and not adopted (designed on seed 10, checked on audit seed 41; BENCHMARKS.md): annealing the learning
 rate on the first plateau (6 epochs minimum, 4-epoch window, then 3 epochs at 0.1x) instead of stopping there.
