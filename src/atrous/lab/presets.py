@@ -1,6 +1,6 @@
 """Lab presets. ``quick`` (the default): every exercise, 3 seeds, on one 2-core machine, aiming at 300 s (109-144 s
-in session 11's runs, on a day this machine ran the previous round's lab in 108 s where it had taken 198 s the day
-before; BENCHMARKS.md; the lab's timings.json says where the time goes);
+in session 11's runs, when this machine ran the previous round's lab in 108 s where it had taken 198 s in session
+10 the same morning; BENCHMARKS.md; the lab's timings.json says where the time goes);
 ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider models; a
 GPU's job)."""
 
