@@ -41,7 +41,7 @@ where a dilated U-Net in the control regime stopped at 0.66 mIoU with the small 
 What this rule does not catch (held-out audits, seeds 110-113; BENCHMARKS.md says what else was tried): Exercise
 4's rate-3 head creeps on at about 0.001 an epoch, through dips, until epoch 70 or so, and is stopped 0.025-0.048
 short on every one of those seeds; and the undilated context module in regime (a) can sit on a plateau of both
-curves (mIoU near 0.6, training loss down about 1 % an epoch) for 15-30 epochs before it climbs to about 0.9, and
+curves (mIoU near 0.6, training loss down about 1 % an epoch) for 12-30 epochs before it climbs to about 0.9, and
 is sometimes stopped there.
 
 Tried and not adopted (designed on seed 10, checked on audit seed 41; BENCHMARKS.md): annealing the learning
