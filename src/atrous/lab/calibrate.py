@@ -22,7 +22,11 @@ from pathlib import Path
 
 from atrous.lab.jobs import Job, run_jobs
 
-STEPS = 6  # timed per model and task; the first is left out of the per-step rate (allocations, first calls)
+# Steps timed per model and task; the first is left out of the per-step rate (allocations, first calls). With 6,
+# the rate came out 1.05-1.21x the runs' own in four of five runs of session 11 (0.97 in the fifth): the next few
+# steps are still warming up. With 12, 0.99 and 0.99 in the two runs after (seeds 160-162, 170-172; BENCHMARKS.md),
+# for under a second more of calibration (the lab's time before training: 6.1-6.2 s, against 6.0-7.8 s with 6).
+STEPS = 12
 # No correction factor: on the quick preset's design seeds (10, 11, 12; runs/lab-design3) the training took
 # 302 s from the first run's start to the last run's end against 307 s modelled; checked on other seed sets in
 # BENCHMARKS.md. (The probes' estimate needed a factor of 1.8, fitted on one run.)
