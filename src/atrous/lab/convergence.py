@@ -86,11 +86,15 @@ RULE = (
 )
 
 
+def _same_epochs(miou: Sequence[float], loss: Sequence[float]) -> None:
+    if len(loss) != len(miou):
+        raise ValueError(f"{len(miou)} epochs of mIoU against {len(loss)} of training loss")
+
+
 def plateaued(miou: Sequence[float], loss: Sequence[float]) -> bool:
     """Whether the last ``WINDOW`` epochs added no more than ``MIN_GAIN`` to the best mIoU before them, and took
     no more than ``MAX_LOSS_DROP`` off the lowest training loss before them."""
-    if len(loss) != len(miou):
-        raise ValueError(f"{len(miou)} epochs of mIoU against {len(loss)} of training loss")
+    _same_epochs(miou, loss)
     if len(miou) <= WINDOW:
         return False
     flat_miou = max(miou[-WINDOW:]) <= max(miou[:-WINDOW]) + MIN_GAIN
@@ -105,8 +109,7 @@ def should_stop(
 ) -> bool:
     """The stopping rule, on the validation mIoU and training loss of the epochs so far and the last epoch's
     per-class IoU; ``out_of_reach``: labels of classes the model cannot decide anywhere (``jobs.out_of_reach``)."""
-    if len(loss) != len(miou):  # checked here too: a solved or early run never reaches plateaued()
-        raise ValueError(f"{len(miou)} epochs of mIoU against {len(loss)} of training loss")
+    _same_epochs(miou, loss)  # here too: a solved or early run never reaches plateaued()
     if trivial(iou, out_of_reach):
         return False
     return miou[-1] >= SOLVED or (len(miou) >= MIN_EPOCHS and plateaued(miou, loss))
