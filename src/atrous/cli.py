@@ -317,6 +317,7 @@ TRAIN_OPTIONS = {  # flag -> (TrainConfig field, type, help)
     "--weight-decay": ("weight_decay", float, "weight decay"),
     "--schedule": ("schedule", str, "poly, cosine, step or constant"),
     "--warmup": ("warmup", int, "linear warm-up steps"),
+    "--clip-grad": ("clip_grad", float, "scale gradients down to this global L2 norm (default 0: off)"),
     "--ema": ("ema", float, "validate and save an exponential moving average of the weights, decay per step"),
     "--loss": ("loss", str, "dice, ce, bce or dice+ce"),
     "--aux-weight": ("aux_weight", float, "weight of DeepLab's auxiliary loss"),

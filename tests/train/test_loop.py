@@ -81,6 +81,38 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path) -> None:
     assert len(metrics(tmp_path / "a")) == 5
 
 
+def test_clip_grad_scales_the_step_down_to_the_given_norm(tmp_path: Path) -> None:
+    """Plain SGD at lr 1 steps by the gradient itself, so one step from the same start (same seed) with two small
+    clip norms c1, c2 must end (c2 - c1) apart, along the unclipped step; and a bad value is refused."""
+    from atrous.train.inference import load
+
+    def one_step(clip: float) -> torch.Tensor:
+        cfg = TrainConfig(
+            model="convstack:width=4",
+            data="shapes:size=16,n=8",
+            steps=1,
+            batch_size=8,
+            lr=1.0,
+            optimizer="sgd",
+            momentum=0.0,
+            weight_decay=0.0,
+            schedule="constant",
+            clip_grad=clip,
+            out=str(tmp_path / f"clip-{clip}"),
+        )
+        fit(cfg, overwrite=True)
+        return torch.cat([p.detach().flatten() for p in load(tmp_path / f"clip-{clip}" / "last").parameters()])
+
+    small, larger, off = one_step(1e-4), one_step(3e-4), one_step(0.0)
+    gap = small - larger
+    assert gap.norm().item() == pytest.approx(2e-4, rel=1e-3)
+    full = small - off  # the unclipped gradient minus a tiny step along it
+    assert torch.nn.functional.cosine_similarity(gap, full, dim=0).item() == pytest.approx(1.0, abs=1e-4)
+    assert full.norm().item() > 100 * 3e-4  # the clip norms were below the gradient's: both clipped
+    with pytest.raises(ConfigError, match="clip_grad must be >= 0"):
+        TrainConfig(model="unet", data="shapes", steps=1, clip_grad=-1.0).validate()
+
+
 @pytest.mark.parametrize("trial", [0, 1])
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path, trial: int) -> None:
     """Trial 1 also averages the weights: the average and the raw weights must both survive the kill."""

@@ -37,6 +37,9 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "poly"
     warmup: int = 0  # linear warm-up steps
+    # Largest global gradient norm (L2 over all parameters) an optimizer step may use; larger gradients are
+    # scaled down to it (0: off). A bound on the step that a single bad batch can take.
+    clip_grad: float = 0.0
     # Exponential moving average of the weights and BatchNorm statistics, decay per step (0: off). Validation
     # and the saved model use the average: a stable end point without a learning-rate decay tied to a budget.
     ema: float = 0.0
@@ -74,7 +77,7 @@ class TrainConfig:
                 raise ConfigError(f"{option(name)} must be >= 1, got {value}")
         if not 0 < self.lr <= 10:
             raise ConfigError(f"{option('lr')} must be in (0, 10], got {self.lr}")
-        for name in ("warmup", "weight_decay", "workers"):
+        for name in ("warmup", "weight_decay", "workers", "clip_grad"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{option(name)} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (

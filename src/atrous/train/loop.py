@@ -278,6 +278,8 @@ class Trainer:
             torch.minimum(self.sums.first_bad, bad, out=self.sums.first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
