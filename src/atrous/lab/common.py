@@ -18,7 +18,18 @@ def scale_task(p: Preset) -> str:
 
 def job(p: Preset, model: str, data: str, seed: int, label: str) -> Job:
     """A run of the preset's settings under the stopping rule (``convergence``), up to the preset's cap."""
-    return Job(model, data, seed, p.steps, p.batch_size, p.lr, warmup=p.warmup, ema=p.ema, label=label)
+    return Job(
+        model,
+        data,
+        seed,
+        p.steps,
+        p.batch_size,
+        p.lr,
+        warmup=p.warmup,
+        ema=p.ema,
+        clip_grad=p.clip_grad,
+        label=label,
+    )
 
 
 def runs(

@@ -41,6 +41,7 @@ class Job:
     warmup: int = 0
     schedule: str = "constant"  # constant after warm-up: a stopped run is the prefix of a longer one
     ema: float = 0.0  # weight averaging: a stable end point at a constant learning rate
+    clip_grad: float = 0.0  # largest global gradient norm of a step (0: off)
     # The convergence rule; False: train all ``steps``, the last epochs annealed (the audit's long runs).
     stop_early: bool = True
     label: str = ""  # for the progress display only
@@ -77,6 +78,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         warmup=job.warmup,
         schedule=job.schedule,
         ema=job.ema,
+        clip_grad=job.clip_grad,
         out=str(run_dir),
         device=device,
         eval_batch_size=max(job.batch_size, EVAL_BATCH),

@@ -20,6 +20,10 @@ class Preset:
     steps: int  # the step cap of a run; the stopping rule (convergence.py) usually ends it before
     warmup: int  # linear warm-up steps, then a constant learning rate
     ema: float  # decay per step of the weight average that is validated and reported
+    # Largest global gradient norm of a step (the common default of 1.0, not tuned). Without it the undilated
+    # context module diverged late in some runs (a burst of gradients 10-400x their median norm, then mIoU from
+    # 0.90 back to 0.45) and sat longer on its early plateau (session 12, BENCHMARKS.md).
+    clip_grad: float
     batch_size: int
     lr: float
     width: int  # channels of the conv stacks of Ex1 / Ex5
@@ -75,6 +79,7 @@ PRESETS = {
         steps=12,
         warmup=2,
         ema=0.9,
+        clip_grad=1.0,
         batch_size=8,
         lr=3e-3,
         width=8,
@@ -106,10 +111,10 @@ PRESETS = {
         steps=1536,
         warmup=32,
         ema=0.98,
-        # Read off runs/lab-design7 (2026-12-02, the 48-epoch cap, the rule and the leaky context module of session
-        # 11): 800, 2,624, 10,912, 9,888 and 3,552 steps of 6,144, 18,432, 46,080, 23,040 and 23,040 capped;
-        # 27,776 of 116,736.
-        step_shares=(("ex1", 0.13), ("ex2", 0.142), ("ex3", 0.237), ("ex4", 0.429), ("ex5", 0.154)),
+        clip_grad=1.0,
+        # Read off runs/lab-design8 (2026-12-02, session 12: gradients clipped at norm 1): 768, 2,592, 9,536,
+        # 8,832 and 3,392 steps of 6,144, 18,432, 46,080, 23,040 and 23,040 capped; 25,120 of 116,736.
+        step_shares=(("ex1", 0.125), ("ex2", 0.141), ("ex3", 0.207), ("ex4", 0.383), ("ex5", 0.147)),
         batch_size=8,
         lr=5e-3,
         width=12,
@@ -137,6 +142,7 @@ PRESETS = {
         steps=600,
         warmup=16,
         ema=0.98,
+        clip_grad=1.0,
         batch_size=16,
         lr=1e-3,
         width=64,
