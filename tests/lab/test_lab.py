@@ -95,6 +95,17 @@ def test_lab_options_errors(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
     # The audit must not look at the seeds the preset reports (tiny reports seed 0).
     assert main(["lab", "--audit", "--preset", "tiny", "--seeds", "0,40", "--out", str(tmp_path)]) == 2
     assert "must not use the seeds the preset reports ([0])" in capsys.readouterr().err
+    # quick reports seeds 3 and 4 too: Exercise 4 trains two more than the lab's 0, 1, 2.
+    assert main(["lab", "--audit", "--preset", "quick", "--seeds", "4,", "--out", str(tmp_path)]) == 2
+    assert "must not use the seeds the preset reports ([0, 1, 2, 3, 4])" in capsys.readouterr().err
+
+
+def test_an_exercise_with_extra_seeds_takes_the_next_integers_after_the_labs() -> None:
+    quick = get_preset("quick")
+    assert quick.exercise_seeds("ex4", [180, 181, 182]) == [180, 181, 182, 183, 184]
+    assert quick.exercise_seeds("ex4", [7, 2]) == [7, 2, 8, 9]
+    assert quick.exercise_seeds("ex3", [180, 181, 182]) == [180, 181, 182]
+    assert get_preset("tiny").exercise_seeds("ex4", [0]) == [0]
 
 
 def test_every_comparison_states_prediction_measurement_and_agreement(two_runs: tuple[Path, Path]) -> None:

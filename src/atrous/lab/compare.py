@@ -85,8 +85,9 @@ def section(
     s = Section(key, title, f"atrous lab --only {key} --preset {p.name}")
     s.paragraphs.append(
         f"Each model trained up to {p.steps} steps (batch {p.batch_size}, AdamW lr {p.lr} after {p.warmup} warm-up "
-        f"steps, Dice+CE; {convergence.RULE}), seeds {seeds}; a seed fixes data, initialisation and order, so "
-        f"comparisons are paired by seed. Metrics: validation split, {AGGREGATION}. {VERDICT_RULES}"
+        f"steps, gradients clipped at norm {p.clip_grad:g}, Dice+CE; {convergence.RULE}), seeds {seeds}; a seed "
+        "fixes data, initialisation and order, so comparisons are paired by seed. "
+        f"Metrics: validation split, {AGGREGATION}. {VERDICT_RULES}"
     )
     out: dict = {"regimes": {}}
     for regime, contests in plan:

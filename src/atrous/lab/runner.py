@@ -88,9 +88,10 @@ def run_lab(
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    planned = {key: EXERCISES[key].jobs(p, seed_list) for key in chosen}
+    seeds_of = {key: p.exercise_seeds(key, seed_list) for key in chosen}
+    planned = {key: EXERCISES[key].jobs(p, seeds_of[key]) for key in chosen}
     jobs = [j for key in chosen for j in planned[key]]
-    digest = registration.register(run_dir, design(p, seed_list, chosen))
+    digest = registration.register(run_dir, design(p, seed_list, seeds_of))
     console.print(
         f"predictions registered before training: {run_dir / registration.FILE} (sha256 {digest})",
         soft_wrap=True,
@@ -118,20 +119,22 @@ def run_lab(
     sections, report_seconds = [], {}
     for key in chosen:
         t0 = time.perf_counter()
-        sections.append(EXERCISES[key].section(p, seed_list, results, run_dir, registered[key]))
+        sections.append(EXERCISES[key].section(p, seeds_of[key], results, run_dir, registered[key]))
         report_seconds[key] = time.perf_counter() - t0
     meta = {
         "preset": preset,
         "device": device_name(device),
         "exercises": chosen,
         "seeds": seed_list,
+        "exercise_seeds": seeds_of,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "predictions_sha256": digest,
         "health": health_counts(results),
     }
     header = (
-        f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}; torch {torch.__version__}; "
+        f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}{more_seeds(seeds_of, seed_list)}; "
+        f"torch {torch.__version__}; "
         f"trained on {device_name(device)}. Every number below was computed in this run. The predictions were "
         f"registered before training in {registration.FILE}, sha256 {digest}. Runs: {health_line(results)}."
     )
@@ -172,7 +175,7 @@ def audit_lab(
     first = audit.AUDIT_SEEDS[0]
     count = [first + i for i in parse_seeds(seeds, len(audit.AUDIT_SEEDS))]
     seed_list = parse_seeds(seeds, 0) if seeds is not None and "," in str(seeds) else count
-    reported = set(range(p.seeds))
+    reported = {s for key in EXERCISES for s in p.exercise_seeds(key, list(range(p.seeds)))}
     if reported & set(seed_list):
         raise AtrousError(
             f"--seeds {','.join(map(str, seed_list))}: the audit must not use the seeds the preset reports "
@@ -202,13 +205,28 @@ def choose(only: str | None) -> list[str]:
     return chosen
 
 
-def design(p: Preset, seeds: list[int], chosen: list[str]) -> dict:
+def more_seeds(seeds_of: dict[str, list[int]], seeds: list[int]) -> str:
+    """The report header's note on the exercises that train more seeds than the lab's, or ""."""
+    more = [f"{key}: {s}" for key, s in seeds_of.items() if s != seeds]
+    if not more:
+        return ""
+    return f" ({'; '.join(more)}: more seeds where the comparisons need them for power {stats.POWER})"
+
+
+def design(p: Preset, seeds: list[int], seeds_of: dict[str, list[int]]) -> dict:
     """What predictions.json registers: the training protocol, the decision rules, and each exercise's design
     and predictions."""
     return {
         "preset": asdict(p),
         "seeds": seeds,
-        "training": {"steps_cap": p.steps, "warmup": p.warmup, "lr": p.lr, "batch_size": p.batch_size},
+        "exercise_seeds": seeds_of,
+        "training": {
+            "steps_cap": p.steps,
+            "warmup": p.warmup,
+            "lr": p.lr,
+            "batch_size": p.batch_size,
+            "clip_grad": p.clip_grad,
+        },
         "rules": {
             "stopping": convergence.RULE,
             "verdicts": stats.VERDICT_RULES,
@@ -216,7 +234,7 @@ def design(p: Preset, seeds: list[int], chosen: list[str]) -> dict:
             "alpha": stats.ALPHA,
             "power": stats.POWER,
         },
-        "exercises": {key: EXERCISES[key].predictions(p, seeds) for key in chosen},
+        "exercises": {key: EXERCISES[key].predictions(p, s) for key, s in seeds_of.items()},
     }
 
 
