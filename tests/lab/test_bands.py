@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from atrous.data import build_dataset
 from atrous.errors import SpecError
-from atrous.lab.bands import ambiguous_accuracy, band_accuracy, tally
+from atrous.lab.bands import ambiguous_accuracy, band_accuracy, iou_loss_bound, need_counts, tally
 
 SNR = 50.0  # bright pixels ~ N(50, 1), background ~ N(0, 1): thresholding at 25 is exact
 SCALE = f"scale:size=48,n=8,snr={SNR:g},small=6,large=16"
@@ -126,6 +126,19 @@ def test_largest_class_model_is_right_exactly_on_the_largest_class() -> None:
         (1.0, 1.0),
     ]
     assert ambiguous_accuracy(model, MULTI, 7) == [0.0, 0.0, 1.0]
+
+
+def test_the_iou_a_short_rf_can_cost_is_counted_before_any_model_runs() -> None:
+    """The counts of the test above, read without a model; then the bound by hand. At RF 13 (see above) the
+    24 px class has 64 of its 576 pixels per square beyond reach (m), the 10 px class 64 of 100 (f, which the
+    model may call 24 px), the 4 px class none: IoU >= (N - m) / (N + f)."""
+    pixels = need_counts(MULTI)
+    assert np.array_equal(pixels, tally(largest_class_model(4), MULTI).pixels)
+    m, f, n = 64 * 26, 64 * 53, 576 * 26
+    assert iou_loss_bound(pixels, 3, 13) == pytest.approx((m + f) / (n + f))
+    assert iou_loss_bound(pixels, 2, 13) == pytest.approx((64 * 53 + 64 * 26) / (100 * 53 + 64 * 26))
+    assert iou_loss_bound(pixels, 1, 13) == pytest.approx(64 * 79 / (16 * 68 + 64 * 79))  # all of it is f
+    assert iou_loss_bound(pixels, 3, 49) == 0.0  # an RF that covers every need costs nothing
 
 
 def test_one_pass_splits_at_any_rf() -> None:

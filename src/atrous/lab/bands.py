@@ -69,6 +69,29 @@ def validation_set(data: str, seed: int):
     return load_datasets(TrainConfig(model="", data=data, seed=seed))[1]
 
 
+def need_counts(data: str, seed: int = 0) -> np.ndarray:
+    """``pixels[c, r]``: how many validation pixels of class ``c`` need RF ``r`` (the split a run of ``data``
+    with ``seed`` evaluates on). Known before any model trains: what the theory can say in advance."""
+    ds = validation_set(data, seed)
+    width = 2 * max(ds.extents) + 2  # needs are odd and at most 2 e + 1 (need_block)
+    pixels = np.zeros((ds.num_classes, width), dtype=np.int64)
+    for i in range(len(ds)):
+        cell = (ds[i][1].numpy() * width + ds.need_map(i)).ravel()
+        pixels += np.bincount(cell, minlength=ds.num_classes * width).reshape(ds.num_classes, width)
+    return pixels
+
+
+def iou_loss_bound(pixels: np.ndarray, c: int, rf: int) -> float:
+    """The most a model of RF ``rf`` can lose in IoU of class ``c`` against a perfect one, if it labels every
+    pixel it can decide correctly (``pixels`` from ``need_counts``): it misses at most the class's ``m`` pixels
+    whose need exceeds its RF and labels as ``c`` at most the ``f`` such pixels of the other object classes, so
+    its IoU is at least (N - m) / (N + f) for the class's N pixels."""
+    beyond = np.arange(pixels.shape[1]) > rf
+    n, m = int(pixels[c].sum()), int(pixels[c, beyond].sum())
+    f = int(pixels[1:, beyond].sum()) - (m if c >= 1 else 0)
+    return (m + f) / (n + f) if n + f else 0.0
+
+
 @torch.no_grad()
 def tally(model: torch.nn.Module, data: str, seed: int = 0, batch_size: int = 32) -> NeedTally:
     """Run ``model`` (eval mode, on the device of its parameters: the CPU for ``atrous.train.inference.load``)
