@@ -101,7 +101,9 @@ def test_clip_grad_scales_the_step_down_to_the_given_norm(tmp_path: Path) -> Non
             out=str(tmp_path / f"clip-{clip}"),
         )
         fit(cfg, overwrite=True)
-        return torch.cat([p.detach().flatten() for p in load(tmp_path / f"clip-{clip}" / "last").parameters()])
+        return torch.cat(
+            [p.detach().flatten() for p in load(tmp_path / f"clip-{clip}" / "last").parameters()]
+        )
 
     small, larger, off = one_step(1e-4), one_step(3e-4), one_step(0.0)
     gap = small - larger
