@@ -39,9 +39,11 @@ def main(dirs: list[str]) -> None:
     same = 0
     for key in keys:
         values = [found[d].get(key, "-") for d in dirs]
-        same += len(set(values)) == 1
+        same += (
+            len({v for v in values if v != "-"}) == 1
+        )  # a run without the comparison (--only) is no answer
         print(f"| {key} | " + " | ".join(values) + " |")
-    print(f"\n{same} of {len(keys)} agreements identical across {len(dirs)} runs\n")
+    print(f"\n{same} of {len(keys)} agreements identical across the {len(dirs)} runs that hold them\n")
     for d, r in runs.items():
         t = json.loads((Path(d) / "timings.json").read_text())
         steps = sum(run["steps"] for run in t["runs"].values())

@@ -64,30 +64,34 @@ def power(predicted: str, effect: float, sd: float, n: int) -> float:
 def main(dirs: list[str]) -> None:
     found = [judgements(json.loads((Path(d) / "results.json").read_text())) for d in dirs]
     keys = sorted(set().union(*found))
-    seeds = {j["comparison"]["diff"]["n"] for f in found for j in f.values()}
-    if len(seeds) != 1:
-        raise SystemExit(f"the runs differ in their seed counts ({sorted(seeds)}): give runs of one preset")
-    n = seeds.pop()
     print(
-        f"| comparison | predicted | mean difference | SD of per-seed differences | power at {n} seeds | "
+        "| comparison | predicted | seeds | mean difference | SD of per-seed differences | power at these seeds | "
         "seeds for power 0.8 |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     enough = 0
     for key in keys:
-        found_here = [f[key] for f in found if key in f]
-        predicted = found_here[0]["predicted"]
-        diffs = [j["comparison"]["diff"] for j in found_here]
+        here = [f[key] for f in found if key in f]
+        predicted, n = {j["predicted"] for j in here}, {j["comparison"]["diff"]["n"] for j in here}
+        if len(predicted) > 1 or len(n) > 1:
+            raise SystemExit(
+                f"{key}: the runs differ in its prediction ({sorted(predicted)}) or seed count ({sorted(n)}); "
+                "pool only runs of the same design"
+            )
+        (pred,), (seeds,) = predicted, n
+        if seeds < 2:
+            raise SystemExit(f"{key}: one seed per run has no spread to pool; give runs of two seeds or more")
+        diffs = [j["comparison"]["diff"] for j in here]
         effect = sum(d["mean"] for d in diffs) / len(diffs)
         sd = math.sqrt(sum(spread(d) ** 2 for d in diffs) / len(diffs))
-        p = power(predicted, effect, sd, n)
+        p = power(pred, effect, sd, seeds)
         enough += p >= stats.POWER
         print(
-            f"| {key} | {predicted} | {effect:+.3f} | {sd:.3f} | {p:.2f} | {needed(predicted, effect, sd)} |"
+            f"| {key} | {pred} | {seeds} | {effect:+.3f} | {sd:.3f} | {p:.2f} | {needed(pred, effect, sd)} |"
         )
     print(
-        f"\n{enough} of {len(keys)} comparisons have power >= {stats.POWER} at {n} seeds "
-        f"(pooled over {len(dirs)} run(s), {n} seeds each)"
+        f"\n{enough} of {len(keys)} comparisons have power >= {stats.POWER} at the seeds they had "
+        f"(spread pooled over {len(dirs)} run(s))"
     )
 
 

@@ -766,7 +766,11 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
     p.add_argument("--out", default="runs/lab", help="report directory")
     p.add_argument("--only", help="comma-separated exercises, e.g. ex2,ex5")
-    p.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2); default from the preset")
+    p.add_argument(
+        "--seeds",
+        help="number of seeds (3) or a list (0,1,2); default from the preset. An exercise whose comparisons need "
+        "more (quick: ex4, 2 more) also trains the next integers after the largest",
+    )
     p.add_argument("--workers", type=int, help="parallel training processes (default: 2, one thread each)")
     p.add_argument(
         "--audit",

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from atrous.cli import main
 from atrous.errors import AtrousError
-from atrous.lab import common, compare, convergence, registration, runner
+from atrous.lab import common, compare, convergence, ex4_multiscale, registration, runner
 from atrous.lab.design import Model, Regime
 from atrous.lab.presets import get_preset
 from atrous.lab.report import markdown
@@ -92,12 +92,31 @@ def test_lab_options_errors(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
     assert "unknown exercise 'ex9'" in capsys.readouterr().err
     assert main(["lab", "--preset", "tiny", "--seeds", "x", "--out", str(tmp_path)]) == 2
     assert "--seeds 'x'" in capsys.readouterr().err
+    assert main(["lab", "--preset", "tiny", "--seeds", "0,1,0", "--out", str(tmp_path)]) == 2
+    assert "--seeds '0,1,0' repeats seed 0: give each seed once" in capsys.readouterr().err
     # The audit must not look at the seeds the preset reports (tiny reports seed 0).
     assert main(["lab", "--audit", "--preset", "tiny", "--seeds", "0,40", "--out", str(tmp_path)]) == 2
     assert "must not use the seeds the preset reports ([0])" in capsys.readouterr().err
     # quick reports seeds 3 and 4 too: Exercise 4 trains two more than the lab's 0, 1, 2.
     assert main(["lab", "--audit", "--preset", "quick", "--seeds", "4,", "--out", str(tmp_path)]) == 2
     assert "must not use the seeds the preset reports ([0, 1, 2, 3, 4])" in capsys.readouterr().err
+
+
+def test_exercise_4_predicts_a_tie_where_a_short_rf_can_cost_less_than_the_margin() -> None:
+    """quick, seed 0: rate 3 cannot decide 1.2 % of the 36 px squares' pixels (need_block), so its RF can cost
+    it little IoU there: a tie; every other per-size pair can lose 0.05 or more: better."""
+    by_size = ex4_multiscale.predictions(get_preset("quick"), [0])["by_size"]
+    got = {
+        (size, c["b"]): (c["prediction"], c["iou_loss_bound"])
+        for size, v in by_size.items()
+        for c in v["comparisons"]
+    }
+    assert set(got) == {("12px", "rate 1"), ("12px", "rate 3"), ("36px", "rate 1"), ("36px", "rate 3")}
+    assert got[("36px", "rate 3")][0] == "tie" and 0.012 <= got[("36px", "rate 3")][1] < 0.05
+    assert all(
+        pred == "better" and bound >= 0.05 for key, (pred, bound) in got.items() if key != ("36px", "rate 3")
+    )
+    assert got[("12px", "rate 1")][1] == 1.0  # rate 1 decides none of the 12 px squares' pixels
 
 
 def test_an_exercise_with_extra_seeds_takes_the_next_integers_after_the_labs() -> None:

@@ -46,9 +46,10 @@ def predictions(p: Preset, seeds: list[int]) -> dict:
     """Before training: per size class, the variants whose RF covers its need, and, for the smallest of them
     against each variant that does not cover it, how much IoU the shorter RF can cost on the class
     (``bands.iou_loss_bound`` on the validation images of the exercise's seeds, the largest over them): at
-    least ``RELEVANT`` predicts "better", less predicts a tie (no difference of ``RELEVANT`` or more). On the
-    36 px squares rate 3 cannot decide 1.2 % of the pixels (their corners), which a "better" could not be
-    tested on; the band comparisons below measure exactly those pixels."""
+    least ``RELEVANT`` predicts "better", less predicts a tie (no difference of ``RELEVANT`` or more): where the
+    RF argument allows only a difference below the lab's margin, a tie is the prediction the test can decide
+    (``quick``: rate 3 on the 36 px squares, which cannot decide 1.2 % of their pixels, the corners). The band
+    comparisons measure exactly the pixels a shorter RF cannot decide."""
     ds = build_dataset(data_spec(p))
     rfs = variant_rfs(p)
     counts = [bands.need_counts(data_spec(p), seed) for seed in seeds]

@@ -55,6 +55,9 @@ def parse_seeds(seeds: str | int | None, default: int) -> list[int]:
         if values[0] < 1:
             raise AtrousError("--seeds must be >= 1")
         return list(range(values[0]))
+    if len(set(values)) < len(values):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        raise AtrousError(f"--seeds {text!r} repeats seed {twice[0]}: give each seed once")
     return values
 
 
@@ -135,7 +138,9 @@ def run_lab(
     header = (
         f"Preset {preset}; exercises {', '.join(chosen)}; seeds {seed_list}{more_seeds(seeds_of, seed_list)}; "
         f"torch {torch.__version__}; "
-        f"trained on {device_name(device)}. Every number below was computed in this run. The predictions were "
+        f"trained on {device_name(device)}; every run: batch {p.batch_size}, AdamW lr {p.lr} after {p.warmup} "
+        f"warm-up steps, gradients clipped at norm {p.clip_grad:g}, at most {p.steps} steps. "
+        "Every number below was computed in this run. The predictions were "
         f"registered before training in {registration.FILE}, sha256 {digest}. Runs: {health_line(results)}."
     )
     paths = write_report(sections, run_dir, header, meta)
