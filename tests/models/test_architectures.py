@@ -211,7 +211,15 @@ def test_context_module_identity_initialisation() -> None:
         assert torch.allclose(ContextModule(5, "basic")(x), x, atol=1e-6)
         assert torch.allclose(ContextModule(5, "basic", act="leaky")(x), x, atol=1e-6)  # x >= 0: the identity
         large = ContextModule(5, "large")(x)
+        wide = ContextModule(5, "basic", width=3)
+        layers = [m for m in wide.layers if isinstance(m, torch.nn.Conv2d)]
+        out = wide(x)
     assert (large - x).abs().max() < 0.5 and not torch.allclose(large, x)
+    # Three copies of each class's path, their symmetry broken by the noise: close to the identity, not equal.
+    assert [c.out_channels for c in layers] == [15] * 7 + [5]
+    assert (out - x).abs().max() < 0.5 and not torch.allclose(out, x)
+    with pytest.raises(ModelError, match="width=2: give an integer >= 1, for the basic variant only"):
+        ContextModule(5, "large", width=2)
 
 
 def test_context_module_names_an_unknown_activation() -> None:
