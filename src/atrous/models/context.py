@@ -112,11 +112,10 @@ class ContextNet(Segmenter):
     ``act=leaky`` the same run reached 0.988 by epoch 10 (and the dilated module in regime (a), seed 131, which
     had crept to 0.91 in 48 epochs, 0.991 by epoch 8).
 
-    ``width=3`` (ours) widens the module's 3x3 layers to three copies of each class's channel. With 3 channels the
-    undilated module in the lab's regime (a) (RF 21, need 27) sat on plateaus that the stopping rule took for the
-    end: near 0.6 mIoU for 12-20 epochs (seeds 200, 202), near 0.8 for 20 (seed 182), before climbing to about
-    0.9; with width 3 it reached 0.91 by epoch 16-20 on those and three new seeds (session 12, BENCHMARKS.md).
-    The lab uses all three (``presets.py``)."""
+    The lab uses both (``presets.py``). ``width=3`` (three channels per class in the module's 3x3 layers) was
+    tried against the undilated module's plateaus in the lab's regime (a) and not adopted: it reached 0.91 by
+    epoch 16-20 on the six seeds it was tried on, three of which had stopped on a plateau with one channel, but
+    on new seeds it still stopped on plateaus in 3 of 5 runs (session 12, BENCHMARKS.md)."""
 
     def __init__(
         self,
