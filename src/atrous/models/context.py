@@ -113,8 +113,8 @@ class ContextNet(Segmenter):
     had crept to 0.91 in 48 epochs, 0.991 by epoch 8).
 
     The lab uses both (``presets.py``). ``width=3`` (three channels per class in the module's 3x3 layers) was
-    tried against the undilated module's plateaus in the lab's regime (a) and not adopted: it reached 0.91 by
-    epoch 16-20 on the six seeds it was tried on, three of which had stopped on a plateau with one channel, but
+    tried against the undilated module's plateaus in the lab's regime (a) and not adopted: it reached 0.90-0.91 by
+    epochs 14-21 on the six seeds it was tried on, three of which had stopped on a plateau with one channel, but
     on new seeds it still stopped on plateaus in 3 of 5 runs (session 12, BENCHMARKS.md)."""
 
     def __init__(
