@@ -38,14 +38,14 @@ label of no such block (``jobs.block_outvoted``: the 3 px squares at stride 8), 
 too. A class within reach that is never predicted is a training failure, not an RF limit; seen on check seed 20,
 where a dilated U-Net in the control regime stopped at 0.66 mIoU with the small class dead.
 
-What this rule does not catch. Before every lab run clipped its gradients (``Preset.clip_grad``, session 12),
-the held-out audits (seeds 110-113) found Exercise 4's rate-3 head stopped 0.025-0.048 short on every seed (it
-crept on, through dips, until epoch 70 or so), and the undilated context module in regime (a) stopped on a
-plateau near 0.6 on some check seeds. With clipping, the held-out audit of seeds 114 and 115 found 51 of 52
-runs within 0.01 (rate 3: +0.009 and +0.014), but on 3 of 12 seeds (three check sets and the figures') the rule still called the undilated
+What this rule does not catch. Before every lab run clipped its gradients (``Preset.clip_grad``, session 12), the
+held-out audits (seeds 110-113) found Exercise 4's rate-3 head stopped 0.025-0.048 short on every seed (it crept on,
+through dips, until epoch 70 or so), and the undilated context module in regime (a) stopped on a plateau near 0.6 on
+some check seeds. With clipping, the held-out audit of seeds 114 and 115 found 51 of 52 runs within 0.01 (rate 3:
++0.009 and +0.014), but on 3 of 12 seeds (three check sets and the figures') the rule still called the undilated
 module converged on a plateau: seeds 200 and 202 at 0.622 and 0.610 after 12 and 13 epochs (96-epoch runs end at
-0.911 and 0.907), seed 182 at 0.805 after 25, with both curves flat at 0.80-0.81 from epoch 19 to 31 (its
-144-epoch run ends at 0.867). A wider module (``width=3``) did not end that (BENCHMARKS.md).
+0.911 and 0.907), seed 182 at 0.805 after 25, with both curves flat at 0.80-0.81 from epoch 19 to 31 (its 144-epoch
+run ends at 0.867). A wider module (``width=3``) did not end that (BENCHMARKS.md).
 
 Tried and not adopted (designed on seed 10, checked on audit seed 41; BENCHMARKS.md): annealing the learning
 rate on the first plateau (6 epochs minimum, 4-epoch window, then 3 epochs at 0.1x) instead of stopping there.
