@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from atrous.lab import common, convergence
-from atrous.lab.jobs import curves, run_jobs
+from atrous.lab.jobs import curves, reach_of, run_jobs
 from atrous.lab.presets import get_preset
 
 COLLAPSE = 0.2
@@ -53,9 +53,9 @@ def main() -> None:
     def report(job, result, done, total) -> None:
         miou, loss = curves(result["history"])
         ious = [h["val"]["iou"] for h in result["history"]]
-        skip = result["out_of_reach"]
-        stop = convergence.stop_epoch(miou[:cap], loss[:cap], ious[:cap], skip)
-        health = convergence.health(miou[:stop], loss[:stop], ious[stop - 1], skip)
+        reach = reach_of(result)
+        stop = convergence.stop_epoch(miou[:cap], loss[:cap], ious[:cap], reach)
+        health = convergence.health(miou[:stop], loss[:stop], ious[stop - 1], reach)
         falls = [
             (e + 1, miou[e - 1], miou[e]) for e in range(1, len(miou)) if miou[e - 1] - miou[e] > COLLAPSE
         ]

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from atrous.lab import audit, convergence
-from atrous.lab.convergence import ANNEAL_FACTOR, CONVERGED, IMPROVING, MIN_EPOCHS, TRIVIAL, WINDOW
+from atrous.lab.convergence import (
+    ANNEAL_FACTOR,
+    BELOW_FLOOR,
+    CONVERGED,
+    FLOOR_SLACK,
+    IMPROVING,
+    MIN_EPOCHS,
+    TRIVIAL,
+    WINDOW,
+)
 from atrous.lab.jobs import Job, run_job
 from atrous.train.loop import TIMING_KEYS
 
@@ -18,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("cpu_only")
 
 
 OK = [0.9, 0.8, 0.7]  # every class predicted
+NO_REACH = {"out_of_reach": [], "floors": []}  # a run's record of what its RF decides: nothing known
 
 
 def flat(miou: list[float]) -> list[float]:
@@ -121,7 +131,7 @@ def test_audit_reads_the_rule_off_the_long_curve() -> None:
         {"step": 4 * (e + 1), "train_loss": 0.3, "val": {"miou": m, "iou": [0.9, m, m]}}
         for e, m in enumerate(curve)
     ]
-    row = audit.audit_run(job, {"history": history}, epoch_steps=4)
+    row = audit.audit_run(job, {"history": history, **NO_REACH}, epoch_steps=4)
     # The cap is 8 epochs (32 steps / 4), before the plateau is seen: the rule trains all 8.
     assert row["stop_epoch"] == 8 and row["miou_at_stop"] == 0.9 and row["miou_long"] == 0.95
     assert row["left_on_table"] == pytest.approx(0.05) and row["health_at_stop"] == IMPROVING
@@ -145,11 +155,11 @@ def test_audit_reads_the_rule_off_the_long_curve() -> None:
         {"step": 4 * (e + 1), "train_loss": lo, "val": {"miou": m, "iou": [0.9, m, m]}}
         for e, (m, lo) in enumerate(zip(curve, loss))
     ]
-    row = audit.audit_run(job20, {"history": history}, epoch_steps=4)
+    row = audit.audit_run(job20, {"history": history, **NO_REACH}, epoch_steps=4)
     assert row["stop_epoch"] == 20 and row["health_at_stop"] == IMPROVING  # the loss fell until epoch 18
     for h in history:
         h["train_loss"] = 0.3
-    row = audit.audit_run(job20, {"history": history}, epoch_steps=4)
+    row = audit.audit_run(job20, {"history": history, **NO_REACH}, epoch_steps=4)
     assert row["stop_epoch"] == MIN_EPOCHS and row["health_at_stop"] == CONVERGED
 
 
@@ -191,8 +201,49 @@ def test_a_class_out_of_the_models_reach_is_not_a_training_failure() -> None:
     )  # no size classes
     plateau, dead = [0.6] * (MIN_EPOCHS + WINDOW), [0.9, 0.0, 0.8]
     assert convergence.health(plateau, flat(plateau), dead) == TRIVIAL
-    assert convergence.health(plateau, flat(plateau), dead, out_of_reach={1}) == CONVERGED
-    assert convergence.stop_epoch(plateau, flat(plateau), [dead] * len(plateau), {1}) == MIN_EPOCHS
+    excused = convergence.Reach(out_of_reach=frozenset({1}))
+    assert convergence.health(plateau, flat(plateau), dead, excused) == CONVERGED
+    assert convergence.stop_epoch(plateau, flat(plateau), [dead] * len(plateau), excused) == MIN_EPOCHS
+
+
+def test_never_stops_below_the_floor_its_rf_guarantees() -> None:
+    """The undilated context module of regime (a) (RF 21, floors about 0.93, 0.66 and 0.81; check seed 200,
+    48-epoch curve, rounded): flat at 0.62 mIoU with the small class at 0.25 from epoch 4 to 16, then it climbs
+    to 0.91 with every class above its floor. Without the floor the rule stopped it at epoch 12."""
+    reach = convergence.Reach(floors=(0.93, 0.66, 0.81))
+    stuck, done = [1.0, 0.25, 0.62], [1.0, 0.82, 0.90]
+    curve, ious = [0.62] * 16 + [0.91] * 12, [stuck] * 16 + [done] * 12
+    assert convergence.stop_epoch(curve, flat(curve), ious) == MIN_EPOCHS  # the rule without floors
+    assert convergence.stop_epoch(curve, flat(curve), ious, reach) == 17 + WINDOW
+    assert convergence.health(curve[:16], flat(curve[:16]), stuck, reach) == BELOW_FLOOR
+    # The slack: a class may end up to FLOOR_SLACK below its floor (noise-free squares are what the floor
+    # assumes), not further; a class absent from the split (None) is not judged.
+    at_slack = [1.0, 0.66 - FLOOR_SLACK + 0.001, 0.81]
+    beyond = [1.0, 0.66 - FLOOR_SLACK - 0.001, 0.81]
+    assert convergence.health(curve[:16], flat(curve[:16]), at_slack, reach) == CONVERGED
+    assert convergence.health(curve[:16], flat(curve[:16]), beyond, reach) == BELOW_FLOOR
+    assert convergence.health(curve[:16], flat(curve[:16]), [1.0, None, 0.81], reach) == CONVERGED
+    # A class never predicted is reported as such, whatever its floor.
+    assert convergence.health(curve[:16], flat(curve[:16]), [1.0, 0.0, 0.81], reach) == TRIVIAL
+
+
+def test_floors_come_from_the_validation_pixels_the_rf_covers() -> None:
+    """``jobs.floors``: the same counts as ``bands.need_counts`` split at the model's RF; none for tasks without
+    per-pixel needs or for logits repeated over stride blocks; 1 for every class of a model that sees all."""
+    from atrous.lab.bands import iou_loss_bound, need_counts
+    from atrous.lab.jobs import floors
+
+    data = "scale:size=48,n=8,small=13,large=19"
+    pixels = need_counts(data, 0)
+    got = floors("aspp_net:width=4,rates=3", data)  # RF 21, between the classes' needs
+    assert got == pytest.approx([1 - iou_loss_bound(pixels, c, 21) for c in range(3)])
+    assert min(got) > 0 and max(got) < 1
+    # By hand from the counts: the background's floor is its pixels over them plus every object pixel beyond 21.
+    assert got[0] == pytest.approx(pixels[0].sum() / (pixels[0].sum() + pixels[1:, 22:].sum()))
+    assert floors("aspp_net:width=4,rates=1,1,1", data)[1:] == (0.0, 0.0)  # RF 13: nothing of either class
+    assert floors("aspp_net:width=4,rates=1,3,6,image_pooling=true", data) == (1.0, 1.0, 1.0)  # global
+    assert floors("aspp_net:width=4,rates=3", "shapes:size=16,n=4") == ()
+    assert floors("deeplabv3_small:aspp_channels=8,rates=1,2,3,upsample=nearest", data) == ()
 
 
 def test_a_class_no_stride_block_is_mostly_of_is_out_of_reach_of_nearest_logits() -> None:

@@ -159,7 +159,7 @@ def test_a_job_without_the_stopping_rule_runs_all_its_steps(
     from atrous.lab import jobs
 
     monkeypatch.setattr(
-        jobs.convergence, "should_stop", lambda miou, loss, iou, out_of_reach=(): True
+        jobs.convergence, "should_stop", lambda miou, loss, iou, reach=None: True
     )  # the rule would stop after one epoch
     job = Job("convstack:width=4", "shapes:size=16,n=16", 0, 8, 4, 1e-3)
     assert jobs.run_job(job, str(tmp_path))["steps"] == 4

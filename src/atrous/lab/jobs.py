@@ -84,12 +84,14 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         eval_batch_size=max(job.batch_size, EVAL_BATCH),
     )
     start = time.perf_counter()
-    skip = out_of_reach(job.model, job.data, job.seed)
+    reach = convergence.Reach(
+        out_of_reach(job.model, job.data, job.seed), floors(job.model, job.data, job.seed)
+    )
     seen: list[dict] = []
 
     def stop(record: dict) -> bool:
         seen.append(record)
-        return convergence.should_stop(*curves(seen), record["val"]["iou"], skip)
+        return convergence.should_stop(*curves(seen), record["val"]["iou"], reach)
 
     def anneal(record: dict) -> float:
         return convergence.final_anneal(record["step"], record["step"] // record["epoch"], job.steps)
@@ -113,8 +115,11 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         "job": asdict(job),
         "history": history,
         "final": history[-1]["val"],
-        "health": convergence.health(*curves(history), history[-1]["val"]["iou"], skip),
-        "out_of_reach": sorted(skip),  # classes the health check excused
+        "health": convergence.health(*curves(history), history[-1]["val"]["iou"], reach),
+        "out_of_reach": sorted(reach.out_of_reach),  # classes the health check excused
+        "floors": list(
+            reach.floors
+        ),  # per class, the IoU its RF guarantees (what the health check held it to)
         **model_costs(job.model, job.data, model),
         "steps": result.steps,
         "timing": {
@@ -126,6 +131,11 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         },
         "run_dir": str(run_dir),
     }
+
+
+def reach_of(result: dict) -> convergence.Reach:
+    """The ``Reach`` a finished run's health was judged with."""
+    return convergence.Reach(frozenset(result["out_of_reach"]), tuple(result["floors"]))
 
 
 def curves(history: list[dict]) -> tuple[list[float], list[float]]:
@@ -169,6 +179,21 @@ def out_of_reach(model: str, data: str, seed: int = 0) -> frozenset[int]:
     blocks = class_need_blocks(extents)
     # size class k is label k + 1 (size_class_objects)
     return blocky | frozenset(k + 1 for k, e in enumerate(extents) if int(blocks[e].min()) > described.rf)
+
+
+def floors(model: str, data: str, seed: int = 0) -> tuple[float, ...]:
+    """Per class, the IoU that ``model`` reaches at least on the validation split of ``data`` (as a run with
+    ``seed`` draws it) if it labels every pixel within its RF correctly (``bands.iou_floors``). Empty where
+    that is unknown: tasks without per-pixel needs (shapes, discs), and models whose logits are repeated over
+    stride x stride blocks, which cannot draw a square's edges to the pixel."""
+    from atrous.data import build_dataset
+    from atrous.lab.bands import iou_floors, need_counts
+    from atrous.lab.design import describe
+
+    ds = build_dataset(data, seed=seed)
+    if getattr(ds, "shape", None) != "square" or not getattr(ds, "extents", None) or nearest_logits(model):
+        return ()
+    return iou_floors(need_counts(data, seed), describe("", model, ds.size).rf)
 
 
 @functools.lru_cache(maxsize=64)  # as design.describe: one build per spec and process
