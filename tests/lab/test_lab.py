@@ -232,6 +232,30 @@ VERDICT_CASES = {
 OTHER_METRIC = ([0.90, 0.91, 0.90], [0.50, 0.50, 0.51])  # a's and b's values of the metric not compared
 
 
+def test_model_tables_show_the_miou_floor_of_each_rf(two_runs: tuple[Path, Path]) -> None:
+    """Exercises 2 and 3 report, per model, the mean floor of its runs (``jobs.floors`` per seed): known before
+    training from the RF and the task; none for DeepLab's logits repeated over its stride grid."""
+    from atrous.lab.jobs import floors
+
+    results = json.loads((two_runs[0] / "results.json").read_text())
+    md = (two_runs[0] / "report.md").read_text()
+    seen = set()
+    for ex in ("ex2", "ex3"):
+        for regime in results[ex]["regimes"].values():
+            data = regime["regime"]["data"]
+            for label, m in regime["models"].items():
+                per_seed = [floors(m["spec"], data, s) for s in results["meta"]["exercise_seeds"][ex]]
+                if not all(per_seed):
+                    assert m["floor_miou"] is None and "DeepLab" in label
+                    seen.add("none")
+                    continue
+                want = sum(sum(f) / len(f) for f in per_seed) / len(per_seed)
+                assert m["floor_miou"] == pytest.approx(want)
+                assert f"| {label} | {m['rf']} | {want:.3f} |" in md
+                seen.add("short" if want < 1 else "all")
+    assert seen == {"none", "short", "all"}  # some RF covers every pixel, some does not, one has no floor
+
+
 def test_agreements_follow_the_rules_on_converged_runs(tmp_path: Path) -> None:
     """``compare.section`` on stand-in results: each comparison's agreement is the one its case gives, agrees
     with the rules re-derived from what results.json records, and the report's tables say the same."""
@@ -247,6 +271,7 @@ def test_agreements_follow_the_rules_on_converged_runs(tmp_path: Path) -> None:
                 "health": convergence.CONVERGED if healthy or i else convergence.TRIVIAL,
                 "steps": 10,
                 "final": {"miou": miou[i], "iou": [0.9, small_iou[i], 0.9]},
+                "floors": [],  # stand-ins: no floor known
                 "history": [{"train_loss": 1.0, "val": {"miou": miou[i]}}],
             }
         return m

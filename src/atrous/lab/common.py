@@ -50,6 +50,27 @@ def health_text(per_seed: list[dict]) -> str:
     return "; ".join(bad) if bad else convergence.CONVERGED
 
 
+def floor_miou(per_seed: list[dict]) -> float | None:
+    """Mean over seeds of the mIoU these runs' RF guarantees (the mean of their classes' floors,
+    ``jobs.floors``); None where the floors are unknown (tasks without per-pixel needs, blocky logits)."""
+    if not all(r["floors"] for r in per_seed):
+        return None
+    return sum(sum(r["floors"]) / len(r["floors"]) for r in per_seed) / len(per_seed)
+
+
+def floor_text(per_seed: list[dict]) -> str:
+    value = floor_miou(per_seed)
+    return "-" if value is None else f"{value:.3f}"
+
+
+FLOOR_NOTE = (
+    "mIoU floor: what a model of this RF reaches at least if it labels correctly every validation pixel whose "
+    "need its RF covers, and wrongly every other (from the engine's RF and the task's per-pixel needs, before "
+    f"training; the stopping rule holds each class to its floor within {convergence.FLOOR_SLACK}; '-': none, "
+    "for logits repeated over stride blocks)"
+)
+
+
 def final(per_seed: list[dict], metric: str) -> list[float]:
     """One validation metric at the end of training, per seed (``iou:2`` for class 2's IoU). A class metric
     leaves out the seeds whose validation images hold no pixel of the class (``absent``): every model trained on

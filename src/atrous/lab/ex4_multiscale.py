@@ -102,20 +102,22 @@ def section(p: Preset, seeds: list[int], results: dict, run_dir: Path, registere
         per_class[label] = [common.final(per_seed, f"iou:{c + 1}") for c in range(len(classes))]
         healthy[label] = common.healthy(per_seed)
         miou = common.estimate(per_seed, "miou")
-        rows.append([label, rf_text, *[str(e) for e in ious], str(miou), common.health_text(per_seed)])
+        floor = common.floor_text(per_seed)
+        rows.append([label, rf_text, floor, *[str(e) for e in ious], str(miou), common.health_text(per_seed)])
         out["variants"][label] = {
             "spec": spec,
             "rf": rfs[label],
             "iou": [e.to_json() for e in ious],
             "miou": miou.to_json(),
+            "floor_miou": common.floor_miou(per_seed),
             "health": [r["health"] for r in per_seed],
             "steps": [r["steps"] for r in per_seed],
         }
     s.tables.append(
         Table(
-            ["variant", "RF", *[f"IoU {c}" for c in classes], "mIoU", "runs"],
+            ["variant", "RF", "mIoU floor", *[f"IoU {c}" for c in classes], "mIoU", "runs"],
             rows,
-            "Validation IoU per object-size class, mean ± 95 % CI over seeds",
+            f"Validation IoU per object-size class, mean ± 95 % CI over seeds. {common.FLOOR_NOTE}",
         )
     )
     first = common.runs(results, p, p.ms_variants[0][1], data, seeds)
