@@ -225,6 +225,11 @@ def test_never_stops_below_the_floor_its_rf_guarantees() -> None:
     assert convergence.health(curve[:16], flat(curve[:16]), [1.0, None, 0.81], reach) == CONVERGED
     # A class never predicted is reported as such, whatever its floor.
     assert convergence.health(curve[:16], flat(curve[:16]), [1.0, 0.0, 0.81], reach) == TRIVIAL
+    # A solved run stops whatever its floors (check seed 240's 12 px class at 0.977 where the floor is 1).
+    full, solved = convergence.Reach(floors=(1.0, 1.0, 1.0)), [0.5, 0.8, 0.991]
+    assert convergence.stop_epoch(solved, flat(solved), [[0.999, 0.977, 0.996]] * 3, full) == 3
+    assert convergence.health(solved, flat(solved), [0.999, 0.977, 0.996], full) == CONVERGED
+    assert convergence.health([0.98] * 3, flat([0.98] * 3), [0.999, 0.95, 0.991], full) == BELOW_FLOOR
 
 
 def test_floors_come_from_the_validation_pixels_the_rf_covers() -> None:

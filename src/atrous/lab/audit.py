@@ -58,8 +58,8 @@ def audit_run(job: Job, result: dict, epoch_steps: int) -> dict:
         "miou_long": end["miou"],
         "left_on_table": end["miou"] - at_stop["miou"],
         "health_at_stop": health,
-        "partial_escaped": convergence.partial(at_stop["iou"], reach)
-        and not convergence.partial(end["iou"], reach),
+        "partial_escaped": convergence.partial(at_stop["miou"], at_stop["iou"], reach)
+        and not convergence.partial(end["miou"], end["iou"], reach),
     }
 
 

@@ -11,11 +11,12 @@ One rule for every model, read only from the run's own curves (validation mIoU a
   ``MAX_LOSS_DROP`` (a fraction) below its lowest before them;
 * but never while a class within the model's reach is not predicted at all (a partial solution: the audit saw
   the context module sit on one for 30 epochs, then solve the task);
-* nor while a class's IoU is more than ``FLOOR_SLACK`` below its *floor*: the IoU that a model of this RF reaches
-  at least on the validation split if it labels every pixel whose need (``SyntheticTask.need_map``) its RF
-  covers correctly, and every other pixel wrongly (``bands.iou_floors``; tasks of squares, logits not repeated
-  over stride blocks). The engine's RF and the task's needs say, before training, what each model can learn;
-  a run below that has not learnt it yet, however flat its curves;
+* nor, short of ``SOLVED``, while a class's IoU is more than ``FLOOR_SLACK`` below its *floor*: the IoU that a
+  model of this RF reaches at least on the validation split if it labels every pixel whose need
+  (``SyntheticTask.need_map``) its RF covers correctly, and every other pixel wrongly (``bands.iou_floors``;
+  tasks of squares, logits not repeated over stride blocks). The engine's RF and the task's needs say, before
+  training, what each model can learn; a run below that has not learnt it yet, however flat its curves. (A
+  solved run stops whatever its floors: classes of runs that solve a task end at 0.97-1.0 where the floor is 1.);
 * and in any case at the preset's step cap.
 
 Why the training loss: a model that is still learning can pass through a dip of its validation mIoU. The audit
@@ -99,9 +100,9 @@ RULE = (
     f"best before them and its lowest training loss of those epochs no more than {MAX_LOSS_DROP:.0%} below its "
     "lowest before them, but never while a class within the model's reach (some of its pixels need no more than the "
     "model's RF, and, for logits repeated over stride blocks, some block holds at least as much of it as of any "
-    f"other label) is not predicted at all, nor while a class's IoU is more than {FLOOR_SLACK} below the floor "
-    "that the model's RF guarantees (the IoU of a model that labels correctly every validation pixel whose need "
-    "its RF covers, and wrongly every other); at the latest at the step cap. The learning "
+    f"other label) is not predicted at all, nor, short of {SOLVED}, while a class's IoU is more than {FLOOR_SLACK} "
+    "below the floor that the model's RF guarantees (the IoU of a model that labels correctly every validation "
+    "pixel whose need its RF covers, and wrongly every other); at the latest at the step cap. The learning "
     "rate is constant after warm-up, so a stopped run is the prefix of a longer one (the convergence audit "
     "compares the two)"
 )
@@ -142,9 +143,11 @@ def should_stop(
     """The stopping rule, on the validation mIoU and training loss of the epochs so far and the last epoch's
     per-class IoU."""
     _same_epochs(miou, loss)  # here too: a solved or early run never reaches plateaued()
-    if partial(iou, reach):
+    if trivial(iou, reach):
         return False
-    return miou[-1] >= SOLVED or (len(miou) >= MIN_EPOCHS and plateaued(miou, loss))
+    if miou[-1] >= SOLVED:  # whatever its classes' floors: it cannot gain more than the tolerance
+        return True
+    return not below_floor(iou, reach) and len(miou) >= MIN_EPOCHS and plateaued(miou, loss)
 
 
 def stop_epoch(
@@ -173,9 +176,9 @@ def below_floor(iou: Sequence[float | None], reach: Reach = NOWHERE) -> bool:
     return any(v is not None and v < f - FLOOR_SLACK for v, f in zip(iou, reach.floors))
 
 
-def partial(iou: Sequence[float | None], reach: Reach = NOWHERE) -> bool:
-    """A partial solution: a class never predicted, or below its floor."""
-    return trivial(iou, reach) or below_floor(iou, reach)
+def partial(miou: float, iou: Sequence[float | None], reach: Reach = NOWHERE) -> bool:
+    """A partial solution: a class never predicted, or, short of ``SOLVED``, below its floor."""
+    return trivial(iou, reach) or (miou < SOLVED and below_floor(iou, reach))
 
 
 def health(
@@ -185,7 +188,7 @@ def health(
     cap)."""
     if trivial(final_iou, reach):
         return TRIVIAL
-    if below_floor(final_iou, reach):
+    if miou[-1] < SOLVED and below_floor(final_iou, reach):
         return BELOW_FLOOR
     return CONVERGED if should_stop(miou, loss, final_iou, reach) else IMPROVING
 

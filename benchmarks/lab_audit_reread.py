@@ -1,0 +1,58 @@
+"""Re-read a convergence audit's long runs under the current stopping rule, without training them again.
+
+    python benchmarks/lab_audit_reread.py --seeds 118,119 --out runs/lab-audit-118119 [--only ex3] [--preset quick]
+
+The audit's long runs train without the rule (``audit.long_job``), so their curves do not depend on it: the rule
+is read off them afterwards (``audit.audit_run``). This script finds each configuration's long run by its job key
+under ``OUT/runs`` (the directory ``atrous lab --audit --out OUT`` wrote), rebuilds its curves from the run's
+``metrics.jsonl``, judges them with the rule and reach (out-of-reach classes, floors) of the code it runs with, and
+prints the audit's table and summary. ``--seeds`` and ``--only`` must be those of the audit. Used for the floor
+clause of session 13, which changed after the audit of seeds 118 and 119 had started (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from atrous.lab import audit, convergence
+from atrous.lab.jobs import floors, out_of_reach
+from atrous.lab.presets import get_preset
+from atrous.lab.runner import EXERCISES, choose, parse_seeds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", required=True, help="the audit's seeds, comma-separated")
+    ap.add_argument("--out", required=True, help="the audit's --out directory")
+    ap.add_argument("--only")
+    ap.add_argument("--preset", default="quick")
+    args = ap.parse_args()
+    p = get_preset(args.preset)
+    seeds = parse_seeds(args.seeds, 0)
+    # A run two exercises share (the U-Nets of Exercises 2 and 3) is one long run, as in the audit
+    # (``calibrate.longest_first``, whose label it keeps).
+    jobs = list({j.key: j for key in choose(args.only) for j in EXERCISES[key].jobs(p, seeds)}.values())
+    rows = []
+    for job in jobs:
+        run_dir = Path(args.out) / "runs" / audit.long_job(job).key
+        metrics = run_dir / "metrics.jsonl"
+        if not metrics.exists():
+            raise SystemExit(
+                f"{metrics}: no long run of {job.label!r}; give the audit's --seeds, --only and --out"
+            )
+        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        result = {
+            "history": history,
+            "out_of_reach": sorted(out_of_reach(job.model, job.data, job.seed)),
+            "floors": list(floors(job.model, job.data, job.seed)),
+        }
+        rows.append(audit.audit_run(job, result, history[0]["step"]))
+    summary = audit.summarize(rows)
+    summary.update(preset=p.name, factor=audit.FACTOR, rule=convergence.RULE)
+    print(audit.markdown(summary, rows))
+
+
+if __name__ == "__main__":
+    main()
