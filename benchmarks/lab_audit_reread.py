@@ -19,18 +19,18 @@ from pathlib import Path
 from atrous.lab import audit, convergence
 from atrous.lab.jobs import floors, out_of_reach
 from atrous.lab.presets import get_preset
-from atrous.lab.runner import EXERCISES, choose, parse_seeds
+from atrous.lab.runner import EXERCISES, choose
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", required=True, help="the audit's seeds, comma-separated")
+    ap.add_argument("--seeds", required=True, help="the audit's seeds, comma-separated (e.g. 40,41,42)")
     ap.add_argument("--out", required=True, help="the audit's --out directory")
     ap.add_argument("--only")
     ap.add_argument("--preset", default="quick")
     args = ap.parse_args()
     p = get_preset(args.preset)
-    seeds = parse_seeds(args.seeds, 0)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]  # the audit's seeds as it printed them
     # A run two exercises share (the U-Nets of Exercises 2 and 3) is one long run, as in the audit
     # (``calibrate.longest_first``, whose label it keeps).
     jobs = list({j.key: j for key in choose(args.only) for j in EXERCISES[key].jobs(p, seeds)}.values())

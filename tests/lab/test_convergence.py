@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,10 +233,33 @@ def test_never_stops_below_the_floor_its_rf_guarantees() -> None:
     assert convergence.health([0.98] * 3, flat([0.98] * 3), [0.999, 0.95, 0.991], full) == BELOW_FLOOR
 
 
+def test_the_audit_counts_a_stop_below_the_floor_as_a_partial_solution_the_long_run_escapes() -> None:
+    """The audit reads the floors of a run's record: a stop on a plateau below the floor is no stop (the rule
+    trains on), and a long run that escapes such a plateau only after the cap counts as an escaped partial
+    solution. With the floors unknown the same curve stops on its plateau."""
+    job = Job("m", "d", 40, steps=4 * 20, batch_size=8, lr=1e-3, label="x")
+    curve = [0.62] * 24 + [0.91] * 6
+    stuck, done = [1.0, 0.25, 0.62], [1.0, 0.82, 0.9]
+    history = [
+        {"step": 4 * (e + 1), "train_loss": 0.3, "val": {"miou": m, "iou": stuck if m < 0.9 else done}}
+        for e, m in enumerate(curve)
+    ]
+    floors = {"out_of_reach": [], "floors": [0.93, 0.66, 0.81]}
+    row = audit.audit_run(job, {"history": history, **floors}, epoch_steps=4)
+    assert row["stop_epoch"] == 20 and row["health_at_stop"] == BELOW_FLOOR and row["partial_escaped"]
+    assert audit.summarize([row])["partial_escaped"] == ["x"]
+    row = audit.audit_run(job, {"history": history, **NO_REACH}, epoch_steps=4)
+    assert (
+        row["stop_epoch"] == MIN_EPOCHS and row["health_at_stop"] == CONVERGED and not row["partial_escaped"]
+    )
+    assert convergence.partial(0.62, stuck, convergence.Reach(floors=(0.93, 0.66, 0.81)))
+    assert not convergence.partial(0.995, stuck, convergence.Reach(floors=(0.93, 0.66, 0.81)))  # solved
+
+
 def test_floors_come_from_the_validation_pixels_the_rf_covers() -> None:
     """``jobs.floors``: the same counts as ``bands.need_counts`` split at the model's RF; none for tasks without
     per-pixel needs or for logits repeated over stride blocks; 1 for every class of a model that sees all."""
-    from atrous.lab.bands import iou_loss_bound, need_counts
+    from atrous.lab.bands import iou_floors, iou_loss_bound, need_counts
     from atrous.lab.jobs import floors
 
     data = "scale:size=48,n=8,small=13,large=19"
@@ -248,7 +272,17 @@ def test_floors_come_from_the_validation_pixels_the_rf_covers() -> None:
     assert floors("aspp_net:width=4,rates=1,1,1", data)[1:] == (0.0, 0.0)  # RF 13: nothing of either class
     assert floors("aspp_net:width=4,rates=1,3,6,image_pooling=true", data) == (1.0, 1.0, 1.0)  # global
     assert floors("aspp_net:width=4,rates=3", "shapes:size=16,n=4") == ()
+    # Logits from a grid 8 px apart cannot draw a square to the pixel, repeated or resized bilinearly.
     assert floors("deeplabv3_small:aspp_channels=8,rates=1,2,3,upsample=nearest", data) == ()
+    assert floors("deeplabv3_small:aspp_channels=8,rates=1,2,3", data) == ()
+    # A class with no pixel in the split has no floor (its IoU is not measured either) and is not judged.
+    assert iou_floors(np.array([[5, 0, 0], [0, 0, 0], [0, 0, 2]]), 1) == (pytest.approx(5 / 7), None, 0.0)
+    reach = convergence.Reach(floors=(1.0, None, 1.0))
+    assert not convergence.below_floor([1.0, 0.0, 0.99], reach) and convergence.below_floor(
+        [1.0, 0.0, 0.9], reach
+    )
+    with pytest.raises(ValueError, match="3 class floors against 2 class IoUs"):
+        convergence.below_floor([1.0, 1.0], reach)
 
 
 def test_a_class_no_stride_block_is_mostly_of_is_out_of_reach_of_nearest_logits() -> None:

@@ -92,12 +92,14 @@ def iou_loss_bound(pixels: np.ndarray, c: int, rf: int) -> float:
     return (m + f) / (n + f) if n + f else 0.0
 
 
-def iou_floors(pixels: np.ndarray, rf: int | None) -> tuple[float, ...]:
+def iou_floors(pixels: np.ndarray, rf: int | None) -> tuple[float | None, ...]:
     """Per class (background included): the IoU that a model of RF ``rf`` (None: global) reaches at least if it
-    labels every pixel it can decide correctly, whatever it does with the rest (``iou_loss_bound``)."""
-    if rf is None:
-        return (1.0,) * pixels.shape[0]
-    return tuple(1 - iou_loss_bound(pixels, c, rf) for c in range(pixels.shape[0]))
+    labels every pixel it can decide correctly, whatever it does with the rest (``iou_loss_bound``); None for a
+    class with no pixel (its IoU is not measured either)."""
+    return tuple(
+        None if not pixels[c].any() else 1.0 if rf is None else 1 - iou_loss_bound(pixels, c, rf)
+        for c in range(pixels.shape[0])
+    )
 
 
 @torch.no_grad()

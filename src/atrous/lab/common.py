@@ -7,7 +7,7 @@ from typing import Any
 
 from atrous.errors import AtrousError
 from atrous.lab import convergence
-from atrous.lab.jobs import Job
+from atrous.lab.jobs import FLOOR_MAX_STRIDE, Job
 from atrous.lab.presets import Preset
 from atrous.lab.stats import Estimate, mean_ci
 
@@ -55,7 +55,10 @@ def floor_miou(per_seed: list[dict]) -> float | None:
     ``jobs.floors``); None where the floors are unknown (tasks without per-pixel needs, blocky logits)."""
     if not all(r["floors"] for r in per_seed):
         return None
-    return sum(sum(r["floors"]) / len(r["floors"]) for r in per_seed) / len(per_seed)
+    present = [
+        [f for f in r["floors"] if f is not None] for r in per_seed
+    ]  # as mIoU: absent classes left out
+    return sum(sum(f) / len(f) for f in present) / len(present)
 
 
 def floor_text(per_seed: list[dict]) -> str:
@@ -66,8 +69,8 @@ def floor_text(per_seed: list[dict]) -> str:
 FLOOR_NOTE = (
     "mIoU floor: what a model of this RF reaches at least if it labels correctly every validation pixel whose "
     "need its RF covers, and wrongly every other (from the engine's RF and the task's per-pixel needs, before "
-    f"training; the stopping rule holds each class to its floor within {convergence.FLOOR_SLACK}; '-': none, "
-    "for logits repeated over stride blocks)"
+    f"training; short of mIoU {convergence.SOLVED} the stopping rule holds each class to its floor within "
+    f"{convergence.FLOOR_SLACK}; '-': none, for logits from a grid more than {FLOOR_MAX_STRIDE} px apart)"
 )
 
 

@@ -181,19 +181,30 @@ def out_of_reach(model: str, data: str, seed: int = 0) -> frozenset[int]:
     return blocky | frozenset(k + 1 for k, e in enumerate(extents) if int(blocks[e].min()) > described.rf)
 
 
-def floors(model: str, data: str, seed: int = 0) -> tuple[float, ...]:
+# The largest stride of the grid a model's logits are resized from for which it has floors. The floor assumes
+# that the model can label each pixel on its own. The lab's stride-2 heads (bilinear) do: they solved their tasks
+# with every class at 0.97-1.0 IoU on the design seeds. A model whose logits come from a grid 8 px apart cannot
+# draw a square's edges to the pixel (``stride.min_width``: its boundary band is about a stride wide), so it has
+# none, whether its logits are resized bilinearly (``full``'s DeepLab) or repeated (``quick``'s).
+FLOOR_MAX_STRIDE = 2
+
+
+def floors(model: str, data: str, seed: int = 0) -> tuple[float | None, ...]:
     """Per class, the IoU that ``model`` reaches at least on the validation split of ``data`` (as a run with
-    ``seed`` draws it) if it labels every pixel within its RF correctly (``bands.iou_floors``). Empty where
-    that is unknown: tasks without per-pixel needs (shapes, discs), and models whose logits are repeated over
-    stride x stride blocks, which cannot draw a square's edges to the pixel."""
+    ``seed`` draws it) if it labels every pixel within its RF correctly (``bands.iou_floors``; None for a class
+    with no pixel in the split). Empty where that is unknown: tasks without per-pixel needs (shapes, discs), and
+    models whose logits are resized from a grid more than ``FLOOR_MAX_STRIDE`` pixels apart."""
     from atrous.data import build_dataset
     from atrous.lab.bands import iou_floors, need_counts
     from atrous.lab.design import describe
 
     ds = build_dataset(data, seed=seed)
-    if getattr(ds, "shape", None) != "square" or not getattr(ds, "extents", None) or nearest_logits(model):
+    if getattr(ds, "shape", None) != "square" or not getattr(ds, "extents", None):
         return ()
-    return iou_floors(need_counts(data, seed), describe("", model, ds.size).rf)
+    described = describe("", model, ds.size)
+    if described.output_stride > FLOOR_MAX_STRIDE or nearest_logits(model):
+        return ()
+    return iou_floors(need_counts(data, seed), described.rf)
 
 
 @functools.lru_cache(maxsize=64)  # as design.describe: one build per spec and process
