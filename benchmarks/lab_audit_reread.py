@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from atrous.lab import audit, convergence
-from atrous.lab.jobs import floors, out_of_reach
+from atrous.lab.jobs import reach_for
 from atrous.lab.presets import get_preset
 from atrous.lab.runner import EXERCISES, choose
 
@@ -43,10 +43,11 @@ def main() -> None:
                 f"{metrics}: no long run of {job.label!r}; give the audit's --seeds, --only and --out"
             )
         history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        reach = reach_for(job.model, job.data, job.seed)
         result = {
             "history": history,
-            "out_of_reach": sorted(out_of_reach(job.model, job.data, job.seed)),
-            "floors": list(floors(job.model, job.data, job.seed)),
+            "out_of_reach": sorted(reach.out_of_reach),
+            "floors": list(reach.floors),
         }
         rows.append(audit.audit_run(job, result, history[0]["step"]))
     summary = audit.summarize(rows)

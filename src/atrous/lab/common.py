@@ -55,9 +55,8 @@ def floor_miou(per_seed: list[dict]) -> float | None:
     ``jobs.floors``); None where the floors are unknown (tasks without per-pixel needs, blocky logits)."""
     if not all(r["floors"] for r in per_seed):
         return None
-    present = [
-        [f for f in r["floors"] if f is not None] for r in per_seed
-    ]  # as mIoU: absent classes left out
+    # As in mIoU, classes absent from the split (floor None) are left out.
+    present = [[f for f in r["floors"] if f is not None] for r in per_seed]
     return sum(sum(f) / len(f) for f in present) / len(present)
 
 

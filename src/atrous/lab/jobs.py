@@ -84,9 +84,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         eval_batch_size=max(job.batch_size, EVAL_BATCH),
     )
     start = time.perf_counter()
-    reach = convergence.Reach(
-        out_of_reach(job.model, job.data, job.seed), floors(job.model, job.data, job.seed)
-    )
+    reach = reach_for(job.model, job.data, job.seed)
     seen: list[dict] = []
 
     def stop(record: dict) -> bool:
@@ -131,6 +129,11 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         },
         "run_dir": str(run_dir),
     }
+
+
+def reach_for(model: str, data: str, seed: int) -> convergence.Reach:
+    """What ``model``'s RF lets it decide of ``data``'s classes, as a run with ``seed`` is judged."""
+    return convergence.Reach(out_of_reach(model, data, seed), floors(model, data, seed))
 
 
 def reach_of(result: dict) -> convergence.Reach:
