@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from atrous.errors import AtrousError
 from atrous.lab import audit, convergence
 from atrous.lab.jobs import reach_for
 from atrous.lab.presets import get_preset
@@ -29,8 +30,11 @@ def main() -> None:
     ap.add_argument("--only")
     ap.add_argument("--preset", default="quick")
     args = ap.parse_args()
-    p = get_preset(args.preset)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]  # the audit's seeds as it printed them
+    try:
+        p = get_preset(args.preset)
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]  # the audit's seeds as it printed them
+    except (AtrousError, ValueError) as e:
+        ap.error(f"{e} (--preset: one of the lab's presets; --seeds: integers, comma-separated)")
     # A run two exercises share (the U-Nets of Exercises 2 and 3) is one long run, as in the audit
     # (``calibrate.longest_first``, whose label it keeps).
     jobs = list({j.key: j for key in choose(args.only) for j in EXERCISES[key].jobs(p, seeds)}.values())
@@ -39,9 +43,7 @@ def main() -> None:
         run_dir = Path(args.out) / "runs" / audit.long_job(job).key
         metrics = run_dir / "metrics.jsonl"
         if not metrics.exists():
-            raise SystemExit(
-                f"{metrics}: no long run of {job.label!r}; give the audit's --seeds, --only and --out"
-            )
+            ap.error(f"{metrics}: no long run of {job.label!r}; give the audit's --seeds, --only and --out")
         history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         reach = reach_for(job.model, job.data, job.seed)
         result = {
