@@ -79,6 +79,28 @@ def test_calibration_times_the_jobs_own_models() -> None:
     assert calibrate.longest_first([small, large, again], speeds)[0] == large
 
 
+def test_a_jobs_images_are_drawn_before_its_steps_are_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``render_splits`` no training or validation image of the run is drawn again in this process, so the
+    steps the calibration times are the model's alone."""
+    from atrous.data.synthetic import SyntheticTask
+    from atrous.lab.jobs import render_splits
+    from atrous.train.config import TrainConfig
+    from atrous.train.setup import load_datasets
+
+    cfg = TrainConfig(model="convstack:width=4", data="scale:size=32,n=40,small=4,large=8", steps=1, seed=123)
+    render_splits(cfg)
+
+    def drawn_again(self: SyntheticTask, index: int) -> None:
+        raise AssertionError(f"{self.split} image {index} drawn during training")
+
+    monkeypatch.setattr(SyntheticTask, "render_item", drawn_again)
+    train, val = load_datasets(cfg)
+    assert len(train) == 40 and len(val) >= 10
+    for split in (train, val):
+        for index in range(len(split)):
+            split[index]
+
+
 def test_a_timing_run_is_read_per_step_and_per_validation_pass() -> None:
     """6 steps in 1.3 s of which the first took 0.3 s: 0.2 s a step after it; two epochs (4 steps each) made two
     validation passes of 0.25 s; the job's other 0.5 s are its fixed part."""

@@ -84,6 +84,7 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         eval_batch_size=max(job.batch_size, EVAL_BATCH),
     )
     start = time.perf_counter()
+    render_splits(cfg)
     reach = reach_for(job.model, job.data, job.seed)
     seen: list[dict] = []
 
@@ -98,10 +99,12 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         # A dilated U-Net's bottleneck alone may be gridded; the lab chose its rates because the whole network
         # is hole-free (design.py), which the warning about the bottleneck cannot know.
         warnings.simplefilter("ignore", GriddingWarning)
+        # Lab runs are never resumed (a rerun trains again): one checkpoint at the end, none per epoch.
+        quiet = {"overwrite": True, "console": Console(quiet=True), "epoch_checkpoints": False}
         if job.stop_early:
-            result = fit(cfg, overwrite=True, console=Console(quiet=True), until=stop)
+            result = fit(cfg, until=stop, **quiet)
         else:
-            result = fit(cfg, overwrite=True, console=Console(quiet=True), lr_scale=anneal)
+            result = fit(cfg, lr_scale=anneal, **quiet)
         model = load(run_dir / "last")
     history = [
         {k: v for k, v in r.items() if k not in TIMING_KEYS and k != "aggregation"} for r in result.history
@@ -129,6 +132,19 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         },
         "run_dir": str(run_dir),
     }
+
+
+def render_splits(cfg) -> None:
+    """Draw the run's synthetic splits into this process's store (``data.synthetic``) before training starts, so
+    that the training steps' time is the model's alone. Drawn lazily, a split's images were drawn during the first
+    steps that used them: the calibration's 12 timed steps then measured small models at up to 2x their
+    rate in the runs (the quick lab's estimate 25 % high, BENCHMARKS.md). A run pays the same either way."""
+    from atrous.train.setup import load_datasets
+
+    for split in load_datasets(cfg):
+        if split is not None and getattr(split, "cached", False):
+            for index in range(len(split)):
+                split[index]
 
 
 def reach_for(model: str, data: str, seed: int) -> convergence.Reach:
