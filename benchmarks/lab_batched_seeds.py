@@ -16,11 +16,11 @@ import sys
 import time
 
 import torch
-from lab_step import MODELS, ROUNDS, STEPS
 from torch.func import functional_call, stack_module_state, vmap
 
 from atrous.models.registry import create_model
 from atrous.train.losses import make_loss
+from lab_step import MODELS, ROUNDS, STEPS
 
 
 def nets(spec: str, classes: int, k: int) -> list[torch.nn.Module]:
@@ -49,13 +49,16 @@ def one_by_one(spec: str, side: int, classes: int, k: int):
 
 def batched(spec: str, side: int, classes: int, k: int):
     models = nets(spec, classes, k)
-    params, buffers = stack_module_state(models)  # BatchNorm's running statistics stacked too: updated per seed
+    # BatchNorm's running statistics are stacked too, and updated per seed.
+    params, buffers = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
     stacked = list(params.values())
     opt = torch.optim.AdamW(stacked, 5e-3, fused=True)
     loss = make_loss("dice+ce", classes)
     x, y = torch.randn(k, 8, 3, side, side), torch.randint(0, classes, (k, 8, side, side))
-    losses = vmap(lambda p, b, xs, ys: loss(functional_call(template, (p, b), (xs,)), ys))
+    losses = vmap(  # dropout (DeepLab's ASPP) draws its own mask per seed
+        lambda p, b, xs, ys: loss(functional_call(template, (p, b), (xs,)), ys), randomness="different"
+    )
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -72,7 +75,9 @@ def batched(spec: str, side: int, classes: int, k: int):
 def main() -> None:
     k = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     torch.set_num_threads(1)
-    print(f"{'model':62s} {'one by one ms':>13s} {'batched ms':>10s} {'batched/one':>11s}  ({k} seeds a step)")
+    print(
+        f"{'model':62s} {'one by one ms':>13s} {'batched ms':>10s} {'batched/one':>11s}  ({k} seeds a step)"
+    )
     for spec, side, classes in MODELS:
         steps = {"one": one_by_one(spec, side, classes, k), "batched": batched(spec, side, classes, k)}
         times: dict[str, list[float]] = {name: [] for name in steps}
