@@ -122,7 +122,8 @@ def markdown(summary: dict, rows: list[dict]) -> str:
         "",
         f"Rule: {convergence.RULE}.",
         "",
-        f"Each run trained {FACTOR}x the step cap without the rule (its last {convergence.ANNEAL_EPOCHS} epochs at "
+        f"Each run trained {summary.get('factor', FACTOR):g}x the step cap without the rule (its last "
+        f"{convergence.ANNEAL_EPOCHS} epochs at "
         f"{convergence.ANNEAL_FACTOR:g}x the rate); the rule's stop is read off the same curve.",
         "",
         "| run | stop (epoch / step) | mIoU at stop | mIoU after the long run | left on the table | health at stop |",
