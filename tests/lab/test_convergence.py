@@ -230,7 +230,13 @@ def test_never_stops_below_the_floor_its_rf_guarantees() -> None:
     full, solved = convergence.Reach(floors=(1.0, 1.0, 1.0)), [0.5, 0.8, 0.991]
     assert convergence.stop_epoch(solved, flat(solved), [[0.999, 0.977, 0.996]] * 3, full) == 3
     assert convergence.health(solved, flat(solved), [0.999, 0.977, 0.996], full) == CONVERGED
-    assert convergence.health([0.98] * 3, flat([0.98] * 3), [0.999, 0.95, 0.991], full) == BELOW_FLOOR
+    # A floor of 1 is not held (check seed 302: Exercise 4's rate 6 flat at 0.984-0.987 for 50 epochs, its 12 px
+    # class at 0.968): such a run stops on its plateau; a floor below 1 is held however near 1.
+    plateau, covered = [0.5, 0.9] + [0.986] * 20, [1.0, 0.968, 0.99]
+    assert convergence.stop_epoch(plateau, flat(plateau), [covered] * len(plateau), full) == MIN_EPOCHS
+    assert convergence.health(plateau, flat(plateau), covered, full) == CONVERGED
+    nearly = convergence.Reach(floors=(1.0, 0.999, 1.0))
+    assert convergence.health(plateau, flat(plateau), covered, nearly) == BELOW_FLOOR
 
 
 def test_the_audit_counts_a_stop_below_the_floor_as_a_partial_solution_the_long_run_escapes() -> None:
@@ -277,10 +283,9 @@ def test_floors_come_from_the_validation_pixels_the_rf_covers() -> None:
     assert floors("deeplabv3_small:aspp_channels=8,rates=1,2,3", data) == ()
     # A class with no pixel in the split has no floor (its IoU is not measured either) and is not judged.
     assert iou_floors(np.array([[5, 0, 0], [0, 0, 0], [0, 0, 2]]), 1) == (pytest.approx(5 / 7), None, 0.0)
-    reach = convergence.Reach(floors=(1.0, None, 1.0))
-    assert not convergence.below_floor([1.0, 0.0, 0.99], reach) and convergence.below_floor(
-        [1.0, 0.0, 0.9], reach
-    )
+    reach = convergence.Reach(floors=(0.9, None, 0.8))
+    assert not convergence.below_floor([0.9, 0.0, 0.8 - FLOOR_SLACK + 0.001], reach)
+    assert convergence.below_floor([0.9, 0.0, 0.8 - FLOOR_SLACK - 0.001], reach)
     with pytest.raises(ValueError, match="3 class floors against 2 class IoUs"):
         convergence.below_floor([1.0, 1.0], reach)
 

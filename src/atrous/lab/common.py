@@ -68,8 +68,9 @@ def floor_text(per_seed: list[dict]) -> str:
 FLOOR_NOTE = (
     "mIoU floor: what a model of this RF reaches at least if it labels correctly every validation pixel whose "
     "need its RF covers, and wrongly every other (from the engine's RF and the task's per-pixel needs, before "
-    f"training; short of mIoU {convergence.SOLVED} the stopping rule holds each class to its floor within "
-    f"{convergence.FLOOR_SLACK}; '-': none, for logits from a grid more than {FLOOR_MAX_STRIDE} px apart)"
+    f"training; short of mIoU {convergence.SOLVED} the stopping rule holds each class whose floor is below 1 to "
+    f"it within {convergence.FLOOR_SLACK}; '-': none, for logits from a grid more than {FLOOR_MAX_STRIDE} px "
+    "apart)"
 )
 
 

@@ -15,8 +15,9 @@ One rule for every model, read only from the run's own curves (validation mIoU a
   model of this RF reaches at least on the validation split if it labels every pixel whose need
   (``SyntheticTask.need_map``) its RF covers correctly, and every other pixel wrongly (``bands.iou_floors``;
   tasks of squares, logits at stride 1 or 2, ``jobs.floors``). The engine's RF and the task's needs say, before
-  training, what each model can learn; a run below that has not learnt it yet, however flat its curves. (A
-  solved run stops whatever its floors: classes of runs that solve a task end at 0.97-1.0 where the floor is 1.);
+  training, what each model can learn; a run below that has not learnt it yet, however flat its curves. Only
+  floors below 1 are held: classes that an RF covers end at 0.967-1.0 on runs that have converged, so a floor
+  of 1 (and a solved run, whatever its floors) is left to the other clauses;
 * and in any case at the preset's step cap.
 
 Why the training loss: a model that is still learning can pass through a dip of its validation mIoU. The audit
@@ -86,7 +87,12 @@ TRIVIAL_IOU = 0.01  # a class whose IoU stays below this is not predicted
 # of 1 and one real plateau 0.054 below (Exercise 4's rate 6, seed 241: stopped at 0.982, reaches 0.990), and 0.03
 # was adopted. The module's false plateaus (0.6 and 0.8 mIoU) were 0.03 to 0.48 below; runs that had converged
 # ended about 0.01 or more above their floors where these are below 1 (Exercise 4's rate-3 head the closest).
-# Checked, held out, on the audit of seeds 118 and 119 and check sets 250 and 260 (BENCHMARKS.md).
+# Checked, held out, on the audit of seeds 118 and 119 and check sets 250 and 260 (BENCHMARKS.md). Session 14:
+# check set 300 trained Exercise 4's rate-6 head on seed 302 to the cap (72 epochs) on a plateau at 0.984-0.987
+# mIoU from epoch 21 on, its 12 px class at 0.968 against a floor of 1, and called it a partial solution; since
+# then a class is held to its floor only where the floor is below 1 (``below_floor``). Such runs are left to the
+# plateau test, as before session 13 (the floor's one catch of that kind, rate 6 on seed 241, had stopped within
+# the tolerance anyway: 0.982 against 0.990).
 FLOOR_SLACK = 0.03
 ANNEAL_EPOCHS = 3  # the audit's long runs: their last epochs at a lower rate
 ANNEAL_FACTOR = 0.1
@@ -103,8 +109,8 @@ RULE = (
     "lowest before them, but never while a class within the model's reach (some of its pixels need no more than the "
     "model's RF, and, for logits repeated over stride blocks, some block holds at least as much of it as of any "
     f"other label) is not predicted at all, nor, short of {SOLVED}, while a class's IoU is more than {FLOOR_SLACK} "
-    "below the floor that the model's RF guarantees (the IoU of a model that labels correctly every validation "
-    "pixel whose need its RF covers, and wrongly every other); at the latest at the step cap. The learning "
+    "below a floor below 1 that the model's RF guarantees (the IoU of a model that labels correctly every "
+    "validation pixel whose need its RF covers, and wrongly every other); at the latest at the step cap. The learning "
     "rate is constant after warm-up, so a stopped run is the prefix of a longer one (the convergence audit "
     "compares the two)"
 )
@@ -173,11 +179,16 @@ def trivial(iou: Sequence[float | None], reach: Reach = NOWHERE) -> bool:
 
 
 def below_floor(iou: Sequence[float | None], reach: Reach = NOWHERE) -> bool:
-    """A class whose IoU is more than ``FLOOR_SLACK`` below the floor its model's RF guarantees
-    (``Reach.floors``): the model has not yet learned what its RF lets it decide."""
+    """A class that the model's RF does not wholly cover (floor below 1) whose IoU is more than ``FLOOR_SLACK``
+    below that floor (``Reach.floors``): the model has not yet learned what its RF lets it decide. A class of
+    floor 1 is not held to it: classes that a model's RF covers end up to 0.033 below 1 on runs that have
+    converged (noise at the squares' edges, which the floor does not model), so a floor of 1 says nothing that
+    the plateau test does not (see ``FLOOR_SLACK``)."""
     if reach.floors and len(reach.floors) != len(iou):
         raise ValueError(f"{len(reach.floors)} class floors against {len(iou)} class IoUs")
-    return any(v is not None and f is not None and v < f - FLOOR_SLACK for v, f in zip(iou, reach.floors))
+    return any(
+        v is not None and f is not None and f < 1 and v < f - FLOOR_SLACK for v, f in zip(iou, reach.floors)
+    )
 
 
 def partial(miou: float, iou: Sequence[float | None], reach: Reach = NOWHERE) -> bool:
