@@ -1,8 +1,8 @@
 """Lab presets. ``quick`` (the default): every exercise, 3 seeds (5 for Exercise 4), on one 2-core machine, aiming at
-300 s (229-238 s in session 12's final runs; the same machine ran the lab with 3 seeds for Exercise 4 in 139 s at
-13:22 and 204 s at 13:53 that day; session 13's machine, 2-3x slower a step, 409-520 s: compare times only within one
-session; BENCHMARKS.md; the lab's timings.json says where the time goes); ``tiny`` is the CI smoke run; ``full`` is
-the seed lesson's scale (64 x 64 and larger, 5 seeds, wider models; a GPU's job)."""
+300 s (229-238 s in session 12's final runs; session 13's machine, 2-3x slower a step, 409-520 s; session 14's,
+264-305 s: compare times only within one session; BENCHMARKS.md; the lab's timings.json says where the time
+goes); ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider
+models; a GPU's job)."""
 
 from __future__ import annotations
 
