@@ -44,6 +44,14 @@ def main() -> None:
     if args.audit_steps is not None and args.audit_steps < 1:
         ap.error(f"--audit-steps must be >= 1, got {args.audit_steps}")
     audited = args.audit_steps or p.steps
+    # The rule is read off the long runs' first epochs up to today's cap, at the constant rate: they must go past it
+    # and past the annealed epochs at their end.
+    needed = p.steps + convergence.ANNEAL_EPOCHS * (p.n // p.batch_size)
+    if audit.FACTOR * audited < needed:
+        ap.error(
+            f"--audit-steps {audited}: the audit's long runs ({audit.FACTOR * audited} steps) do not reach past "
+            f"today's cap and their annealed epochs ({needed} steps), so they cannot judge the rule"
+        )
     # A run two exercises share (the U-Nets of Exercises 2 and 3) is one long run, as in the audit
     # (``calibrate.longest_first``, whose label it keeps).
     jobs = list({j.key: j for key in choose(args.only) for j in EXERCISES[key].jobs(p, seeds)}.values())

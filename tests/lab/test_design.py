@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -82,12 +83,21 @@ def test_calibration_times_the_jobs_own_models() -> None:
 def test_a_jobs_images_are_drawn_before_its_steps_are_timed(monkeypatch: pytest.MonkeyPatch) -> None:
     """After ``render_splits`` no training or validation image of the run is drawn again in this process, so the
     steps the calibration times are the model's alone."""
+    from collections import OrderedDict
+
+    from atrous.data import synthetic
     from atrous.data.synthetic import SyntheticTask
     from atrous.lab.jobs import render_splits
     from atrous.train.config import TrainConfig
     from atrous.train.setup import load_datasets
 
-    cfg = TrainConfig(model="convstack:width=4", data="scale:size=32,n=40,small=4,large=8", steps=1, seed=123)
+    monkeypatch.setattr(synthetic, "_RENDERED", OrderedDict())  # nothing drawn before, in this process
+    cfg = TrainConfig(
+        model="convstack:width=4", data="scale:size=32,n=40,small=4,large=8", steps=1, seed=123, device="cpu"
+    )
+    # On a GPU the images are composed on the device and the store is never read: nothing is drawn.
+    render_splits(replace(cfg, device="cuda"))
+    assert not synthetic._RENDERED
     render_splits(cfg)
 
     def drawn_again(self: SyntheticTask, index: int) -> None:

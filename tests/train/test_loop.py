@@ -168,33 +168,46 @@ def test_weight_averaging_is_what_validation_sees_and_the_checkpoint_holds(tmp_p
         TrainConfig(model="unet", data="shapes", steps=1, ema=1.0).validate()
 
 
-def test_without_epoch_checkpoints_one_checkpoint_at_the_end_equals_the_last_epochs(tmp_path: Path) -> None:
-    """The lab's runs (never resumed) write one checkpoint when training ends: the same weights, optimizer state
-    and loop state as the ``last`` that a run checkpointing every epoch leaves, and nothing else."""
+@pytest.mark.parametrize(
+    ("steps", "until", "last_step"),
+    [(10, None, 10), (12, lambda record: record["epoch"] == 2, 8)],  # the step total mid-epoch; ``until``
+)
+def test_without_epoch_checkpoints_one_checkpoint_at_the_end_equals_the_last_epochs(
+    tmp_path: Path, steps: int, until, last_step: int
+) -> None:
+    """The lab's runs (never resumed) write one checkpoint when training ends, however it ends: the same weights,
+    optimizer, scheduler and loop state as the ``last`` that a run checkpointing every epoch leaves, and nothing
+    else."""
     from atrous.train.checkpoint import load_state, load_weights
 
     def run(name: str, epoch_checkpoints: bool):
         cfg = TrainConfig(
             model="convstack:width=4",
             data="shapes:size=16,n=16",
-            steps=12,  # 3 epochs of 4 batches
+            steps=steps,  # epochs of 4 batches
             batch_size=4,
             ema=0.5,
             out=str(tmp_path / name),
         )
-        fit(cfg, overwrite=True, epoch_checkpoints=epoch_checkpoints)
+        fit(cfg, overwrite=True, until=until, epoch_checkpoints=epoch_checkpoints)
         return tmp_path / name
 
+    def same(a, b) -> bool:
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
     every, end = run("every", True), run("end", False)
-    assert [p.name for p in (end / "checkpoints").iterdir()] == ["step-00000012"]
+    assert [p.name for p in (end / "checkpoints").iterdir()] == [f"step-{last_step:08d}"]
     assert (end / "last").is_symlink() and not (end / "best").exists()
     assert (every / "best").exists()  # the default keeps its best epoch too
-    ours, theirs = load_weights(end / "last"), load_weights(every / "last")
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert same(load_weights(end / "last"), load_weights(every / "last"))
     state, reference = load_state(end / "last"), load_state(every / "last")
-    assert state["loop"] == reference["loop"]
-    assert all(torch.equal(state["raw_model"][k], v) for k, v in reference["raw_model"].items())
-    assert state["optimizer"]["state"].keys() == reference["optimizer"]["state"].keys()
+    assert state["loop"]["step"] == last_step
+    for key in ("loop", "raw_model", "optimizer", "scheduler", "ema_n_averaged"):
+        assert same(state[key], reference[key]), key
 
 
 def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:

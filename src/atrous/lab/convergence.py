@@ -45,7 +45,7 @@ label of no such block (``jobs.block_outvoted``: the 3 px squares at stride 8), 
 too. A class within reach that is never predicted is a training failure, not an RF limit; seen on check seed 20,
 where a dilated U-Net in the control regime stopped at 0.66 mIoU with the small class dead. ``partial solution (a
 class below the IoU its RF guarantees)``: a run that reached the cap with a class more than ``FLOOR_SLACK`` below
-its floor (also when it was still improving: the floor says why it is not done).
+its floor, where that floor is under 1 (also when it was still improving: the floor says why it is not done).
 
 Why the floor (session 13). Until then the undilated context module of regime (a) (RF 21 against a need of 27)
 was called converged on plateaus on 3 of 12 seeds with gradients clipped (check seeds 200 and 202 at 0.62 and
@@ -109,8 +109,9 @@ RULE = (
     "lowest before them, but never while a class within the model's reach (some of its pixels need no more than the "
     "model's RF, and, for logits repeated over stride blocks, some block holds at least as much of it as of any "
     f"other label) is not predicted at all, nor, short of {SOLVED}, while a class's IoU is more than {FLOOR_SLACK} "
-    "below a floor below 1 that the model's RF guarantees (the IoU of a model that labels correctly every "
-    "validation pixel whose need its RF covers, and wrongly every other); at the latest at the step cap. The learning "
+    "below the floor that the model's RF guarantees, where that floor is under 1 (the IoU of a model that labels "
+    "correctly every validation pixel whose need its RF covers, and wrongly every other); at the latest at the "
+    "step cap. The learning "
     "rate is constant after warm-up, so a stopped run is the prefix of a longer one (the convergence audit "
     "compares the two)"
 )

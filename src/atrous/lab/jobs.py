@@ -20,9 +20,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atrous.lab import convergence
+
+if TYPE_CHECKING:
+    from atrous.train.config import TrainConfig
 
 # Validation batches of 32: a model in eval mode gives each image the same logits whatever the batch (up to float
 # rounding), and per image it ran 1.1-1.7x faster than at the training batch of 8 on the lab's models.
@@ -100,11 +103,11 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         # is hole-free (design.py), which the warning about the bottleneck cannot know.
         warnings.simplefilter("ignore", GriddingWarning)
         # Lab runs are never resumed (a rerun trains again): one checkpoint at the end, none per epoch.
-        quiet = {"overwrite": True, "console": Console(quiet=True), "epoch_checkpoints": False}
+        fit_args = {"overwrite": True, "console": Console(quiet=True), "epoch_checkpoints": False}
         if job.stop_early:
-            result = fit(cfg, until=stop, **quiet)
+            result = fit(cfg, until=stop, **fit_args)
         else:
-            result = fit(cfg, lr_scale=anneal, **quiet)
+            result = fit(cfg, lr_scale=anneal, **fit_args)
         model = load(run_dir / "last")
     history = [
         {k: v for k, v in r.items() if k not in TIMING_KEYS and k != "aggregation"} for r in result.history
@@ -118,9 +121,8 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
         "final": history[-1]["val"],
         "health": convergence.health(*curves(history), history[-1]["val"]["iou"], reach),
         "out_of_reach": sorted(reach.out_of_reach),  # classes the health check excused
-        "floors": list(
-            reach.floors
-        ),  # per class, the IoU its RF guarantees (what the health check held it to)
+        # Per class, the IoU its RF guarantees (the health check holds a class to it where it is under 1).
+        "floors": list(reach.floors),
         **model_costs(job.model, job.data, model),
         "steps": result.steps,
         "timing": {
@@ -134,13 +136,16 @@ def run_job(job: Job, root: str, device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def render_splits(cfg) -> None:
+def render_splits(cfg: TrainConfig) -> None:
     """Draw the run's synthetic splits into this process's store (``data.synthetic``) before training starts, so
     that the training steps' time is the model's alone. Drawn lazily, a split's images were drawn during the first
     steps that used them: the calibration's 12 timed steps then measured small models at up to 2x their
-    rate in the runs (the quick lab's estimate 25 % high, BENCHMARKS.md). A run pays the same either way."""
+    rate in the runs (the quick lab's estimate 25 % high, BENCHMARKS.md). A run pays the same either way. On a GPU
+    the images are composed on the device (``BatchStream``) and the store is not read: nothing to draw."""
     from atrous.train.setup import load_datasets
 
+    if cfg.device.startswith("cuda") and not cfg.cpu_data:
+        return
     for split in load_datasets(cfg):
         if split is not None and getattr(split, "cached", False):
             for index in range(len(split)):

@@ -50,7 +50,7 @@ class Preset:
     ex5_depth: int = 5
     # Share of the capped steps that the stopping rule let each exercise's runs take on the design seeds (10, 11,
     # 12), by exercise (a run two exercises share counts in the first): what the printed time estimate expects.
-    # Exercises differ (quick: Exercise 4's heads took 38 % of their caps, Exercise 1's stacks 12.5 %), so that an
+    # Exercises differ (quick: Exercise 4's heads took 26 % of their caps, Exercise 1's stacks 8 %), so that an
     # estimate for `--only` some of them holds too. Unlisted: 1 (every run to its cap).
     step_shares: tuple[tuple[str, float], ...] = ()
     # Seeds an exercise trains beyond the lab's: where its comparisons need more for power 0.8 at the effects and

@@ -47,7 +47,8 @@ class TrainConfig:
     dice_per_image: bool = False
     aux_weight: float = 0.5  # DeepLab's auxiliary head, when the model has one
     seed: int = 0
-    checkpoint_every: int | None = None  # steps; a checkpoint is also written at the end of every epoch
+    # Steps; a checkpoint is also written at the end of every epoch (unless ``fit(epoch_checkpoints=False)``).
+    checkpoint_every: int | None = None
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = True  # 1.17-1.81x faster training on CPU for most zoo models (BENCHMARKS.md)

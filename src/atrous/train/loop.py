@@ -108,9 +108,10 @@ def fit(
     """Train per ``cfg`` (see the module docstring); ``resume`` continues ``cfg.out`` from its last checkpoint;
     ``until(record)`` ends training after the first epoch whose metrics record satisfies it; ``lr_scale(record)``,
     asked after each epoch before ``until``, multiplies the schedule's learning rate from the next step on.
-    ``epoch_checkpoints=False``: one checkpoint (``last``, the same as the last epoch's would be) when training
-    ends, none per epoch and no ``best``: for runs that are never resumed (the lab's, whose per-epoch writes with
-    their fsyncs took ~13 ms an epoch, 3-4 % of a small model's run)."""
+    ``epoch_checkpoints=False``: one checkpoint (``last``) when training ends, none per epoch and no ``best``: for
+    runs that are never resumed (the lab's, whose per-epoch writes with their fsyncs took ~13 ms an epoch, 3-4 % of
+    a small model's run). It holds what the last epoch's would, but for a learning-rate scale that ``lr_scale``
+    changed after the last epoch; a run that diverges writes none."""
     console = console or Console()
     d = setup(cfg.device)
     finished = False
