@@ -172,6 +172,24 @@ def test_aspp_rates_follow_the_output_stride(os_: int, rates: tuple[int, ...]) -
     assert model.classifier[0].rates == rates and model.output_stride == os_
 
 
+def test_deeplab_backbone_widths_from_the_spec() -> None:
+    """``widths=`` sets the four stage widths of the backbone (the lab's narrow DeepLab), nothing else: the output
+    stride and the RF are the default model's."""
+    narrow = atrous.create_model("deeplabv3_small:widths=8,16,32,64", num_classes=3).eval()
+    wide = atrous.create_model("deeplabv3_small", num_classes=3).eval()
+    assert [narrow.backbone.layer1[0].conv1.out_channels, narrow.backbone.layer4[0].conv2.out_channels] == [
+        8,
+        64,
+    ]
+    assert narrow.classifier[0].convs[0][0].in_channels == 64
+    assert count_params(narrow.backbone) < count_params(wide.backbone) / 3  # widths halved: about a quarter
+    rf = [analyze(m, (3, 48, 48)).outputs[0] for m in (narrow, wide)]
+    assert (rf[0].rf, rf[0].stride) == (rf[1].rf, rf[1].stride)
+    assert narrow(torch.randn(1, 3, 40, 48)).shape == (1, 3, 40, 48)
+    with pytest.raises(ModelError, match=r"widths=\(8, 16, 32\); give four of each"):
+        atrous.create_model("deeplabv3_small:widths=8,16,32")
+
+
 def test_dilated_backbone_follows_torchvision_semantics() -> None:
     r = atrous.create_model("resnet18", output_stride=8)
     # Layer3 and layer4 replace their stride by dilation; the first block keeps the previous dilation.

@@ -127,14 +127,22 @@ class FCNHead(nn.Sequential):
 
 
 def build_backbone(
-    name: str, output_stride: int, in_channels: int, multi_grid: Sequence[int] | None
+    name: str,
+    output_stride: int,
+    in_channels: int,
+    multi_grid: Sequence[int] | None,
+    widths: Sequence[int] | None = None,
 ) -> ResNet:
-    kwargs = {
+    """``widths``: the four stages' channels (per block before a bottleneck's expansion); None keeps the
+    backbone's own (resnet_small 16-128, torchvision's 64-512)."""
+    kwargs: dict[str, object] = {
         "num_classes": None,
         "output_stride": output_stride,
         "in_channels": in_channels,
         "multi_grid": multi_grid,
     }
+    if widths is not None:
+        kwargs["widths"] = tuple(widths)
     if name == "resnet_small":
         return resnet_small(**kwargs)
     depths = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
@@ -208,13 +216,15 @@ def deeplabv3(
     conv1x1: bool = True,
     multi_grid: Sequence[int] | None = None,
     upsample: str = "bilinear",
+    widths: Sequence[int] | None = None,
 ) -> BackboneSegmenter:
     """DeepLabv3 (defaults as torchvision's deeplabv3_resnet50: output stride 8, ASPP rates 12, 24, 36).
 
     ``upsample="nearest"`` resizes the logits by repeating each one over its stride x stride block, so that the
     output stride is a hard limit: with bilinear logits a model can still place a boundary between grid points,
-    and learns to, slowly (the lab's DeepLab was still improving after 48 epochs on its design seed)."""
-    body = build_backbone(backbone, output_stride, in_channels, multi_grid)
+    and learns to, slowly (the lab's DeepLab was still improving after 48 epochs on its design seed).
+    ``widths`` sets the backbone's four stage widths (e.g. ``widths=8,16,32,64``, half of resnet_small's)."""
+    body = build_backbone(backbone, output_stride, in_channels, multi_grid, widths)
     rates = tuple(rates) if rates is not None else aspp_rates(output_stride)
     head = DeepLabHead(body.channels["layer4"], num_classes, rates, aspp_channels, image_pooling, conv1x1)
     aux = FCNHead(body.channels["layer3"], num_classes) if aux_loss else None

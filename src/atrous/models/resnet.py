@@ -140,7 +140,9 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != 4 or len(widths) != 4:
-            raise ModelError("a ResNet needs four stages: layers and widths of length 4")
+            raise ModelError(
+                f"a ResNet needs four stages: got layers={tuple(layers)}, widths={tuple(widths)}; give four of each"
+            )
         self.inplanes = widths[0]
         self.dilation = 1
         self.groups = groups
