@@ -186,8 +186,9 @@ def test_deeplab_backbone_widths_from_the_spec() -> None:
     rf = [analyze(m, (3, 48, 48)).outputs[0] for m in (narrow, wide)]
     assert (rf[0].rf, rf[0].stride) == (rf[1].rf, rf[1].stride)
     assert narrow(torch.randn(1, 3, 40, 48)).shape == (1, 3, 40, 48)
-    with pytest.raises(ModelError, match=r"widths=\(8, 16, 32\); give four of each"):
-        atrous.create_model("deeplabv3_small:widths=8,16,32")
+    for bad in ("8,16,32", "8,16,32,0", "8,16,-32,64", "8,16,32,64,128"):
+        with pytest.raises(ModelError, match=rf"^widths={bad}: give four positive integers, one per stage"):
+            atrous.create_model(f"deeplabv3_small:widths={bad}")
 
 
 def test_dilated_backbone_follows_torchvision_semantics() -> None:

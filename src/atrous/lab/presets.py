@@ -48,10 +48,10 @@ class Preset:
     ex5_rfs: tuple[int, ...]
     ex5_smalls: tuple[int, ...]
     ex5_depth: int = 5
-    # Share of the capped steps that the stopping rule let each exercise's runs take on the design seeds (10, 11,
-    # 12), by exercise (a run two exercises share counts in the first): what the printed time estimate expects.
-    # Exercises differ (quick: Exercise 4's heads took 26 % of their caps, Exercise 1's stacks 8 %), so that an
-    # estimate for `--only` some of them holds too. Unlisted: 1 (every run to its cap).
+    # Share of the capped steps that the stopping rule let each exercise's runs take on its design seeds, by
+    # exercise (a run two exercises share counts in the first): what the printed time estimate expects. Exercises
+    # differ (quick: Exercise 4's heads took 26 % of their caps, Exercise 1's stacks 10 %), so that an estimate for
+    # `--only` some of them holds too. Unlisted: 1 (every run to its cap).
     step_shares: tuple[tuple[str, float], ...] = ()
     # Seeds an exercise trains beyond the lab's: where its comparisons need more for power 0.8 at the effects and
     # spreads the design seeds measured (``benchmarks/lab_power.py``). They are the next integers after the lab's
@@ -138,8 +138,9 @@ PRESETS = {
         # Widths 8 (session 15; 12-16 before): on one CPU thread a training step at width 12 took as long as at 16
         # (measured: oneDNN pads channels to blocks of 8), and at 8 25-40 % less (BENCHMARKS.md, session 16).
         # Exercise 4's heads stay at 16: at 8 they needed up to 2x the steps, so they saved no time (166-193 s of
-        # training against 179-188 s at 16, runs/lab-check310..350), and four of their ten runs stopped more than
-        # 0.01 below the long run in the audit of seeds 360, 361 (the other 42 runs were all within).
+        # training at 8 in runs/lab-design330, -check340, -check350; 179-188 s at 16 in -check310, -check320), and
+        # four of their ten runs stopped more than 0.01 below the long run in the audit of seeds 360, 361 (the other
+        # 42 runs were all within).
         width=8,
         ex1_flops_size=64,
         ex1_erf_samples=32,
