@@ -1,7 +1,7 @@
 """Lab presets. ``quick`` (the default): every exercise, 3 seeds (5 for Exercise 4), on one 2-core machine, aiming at
-300 s (229-238 s in session 12's final runs; session 13's machine, 2-3x slower a step, 409-520 s; session 14's,
-264-305 s: compare times only within one session; BENCHMARKS.md; the lab's timings.json says where the time
-goes); ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider
+300 s (session 16's machine, narrower models: 216-238 s; session 14's, wider ones: 264-305 s; session 13's, 2-3x
+slower a step: 409-520 s; compare times only within one session; BENCHMARKS.md; the lab's timings.json says where
+the time goes); ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider
 models; a GPU's job)."""
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ PRESETS = {
         step_shares=(("ex1", 0.1007), ("ex2", 0.0949), ("ex3", 0.1736), ("ex4", 0.256), ("ex5", 0.1111)),
         # On the design seeds (runs/lab-design8) five of Exercise 4's six comparisons had power 0.32-0.67 at 3 seeds
         # and needed 4-6 for 0.8; the other ten comparisons had 1.00 (BENCHMARKS.md). 5 seeds meet most of that
-        # and keep the lab under 300 s (229-238 s).
+        # and keep the lab under 300 s on this class of machine (216-238 s in session 16).
         extra_seeds=(("ex4", 2),),
         batch_size=8,
         lr=5e-3,
