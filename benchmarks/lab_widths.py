@@ -2,9 +2,9 @@
 
 Session 16 narrowed some of the quick preset's models to 8 channels (conv stacks 12 -> 8, Exercise 3's ASPP heads
 16 -> 8, DeepLab's backbone 16-128 -> 8-64). Each pair is timed on one thread at the lab's batch (8) and image
-sizes, with the lab's optimizer and loss (not its weight average or gradient clipping, which cost the same at both
-widths to within a parameter copy), interleaved round by round, in alternating order, so that drift in the
-machine's speed hits both alike; the ratio is what a step costs now.
+sizes, with the lab's optimizer, loss and weight average (``lab_step.stepper``; not its gradient clipping),
+interleaved round by round, in alternating order, so that drift in the machine's speed hits both alike; the ratio
+is what a step costs now.
 Width 12 is timed too: on this kind of CPU it costs as much as 16, which is why the preset went to 8 and not 12.
 The context module and Exercise 4's heads are timed as well, though they stay at 16: at 8 a step is cheaper, but
 they needed so many more steps to converge that little or no time was saved (BENCHMARKS.md, session 16), so they
@@ -19,8 +19,7 @@ import time
 
 import torch
 
-from atrous.models.registry import create_model
-from atrous.train.losses import make_loss
+from lab_step import stepper  # the lab's step: fused AdamW, Dice+CE, the weight average
 
 CTX = "context:scores=norm,act=leaky,context_rates=1,1,1,1,1,1,1,front_width="
 DEEPLAB = "deeplabv3_small:aspp_channels=16,rates=1,2,3,upsample=nearest"
@@ -46,29 +45,13 @@ PAIRS = (  # (what, before, 12 channels or None, now, image side, classes, narro
 ROUNDS, STEPS = 5, 10
 
 
-def stepper(spec: str, side: int, classes: int):
-    torch.manual_seed(0)
-    net = create_model(spec, num_classes=classes).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), 5e-3, fused=True)
-    loss = make_loss("dice+ce", classes)
-    x = torch.randn(8, 3, side, side).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (8, side, side))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss(net(x), y).backward()
-        opt.step()
-
-    return step
-
-
 def main() -> None:
     torch.set_num_threads(1)
     print(f"{'model':32s} {'before ms':>9s} {'12 ch ms':>8s} {'at 8 ms':>7s} {'8/before':>8s}")
     ratios = []
     for what, before, twelve, now, side, classes, narrowed in PAIRS:
         specs = {"before": before, "twelve": twelve, "now": now}
-        steps = {k: stepper(s, side, classes) for k, s in specs.items() if s is not None}
+        steps = {k: stepper(s, side, classes, new=True) for k, s in specs.items() if s is not None}
         times: dict[str, list[float]] = {k: [] for k in steps}
         for step in steps.values():
             step()  # first-call costs

@@ -133,17 +133,17 @@ PRESETS = {
         step_shares=(("ex1", 0.1007), ("ex2", 0.0949), ("ex3", 0.1736), ("ex4", 0.256), ("ex5", 0.1111)),
         # On the design seeds (runs/lab-design8) five of Exercise 4's six comparisons had power 0.32-0.67 at 3 seeds
         # and needed 4-6 for 0.8; the other ten comparisons had 1.00 (BENCHMARKS.md). 5 seeds meet most of that
-        # and keep the lab under 300 s on this class of machine (216-238 s in session 16).
+        # and keep the lab under 300 s on session 16's machine (216-238 s; not on session 13's slower one).
         extra_seeds=(("ex4", 2),),
         batch_size=8,
         lr=5e-3,
         # Widths 8 for the conv stacks, Exercise 3's ASPP heads and DeepLab's backbone (session 16; 12-16 before): on
         # one CPU thread a training step at width 12 took as long as at 16 (oneDNN pads channels to blocks of 8),
-        # and at 8 25-40 % less (BENCHMARKS.md, session 16). Two model families stay at 16, because at 8 they needed
+        # and at 8 26-42 % less (BENCHMARKS.md, session 16). Two model families stay at 16, because at 8 they needed
         # so many more steps that they saved little or no time and converged worse: Exercise 4's heads (166-193 s
         # of training at 8 in runs/lab-design330, -check340, -check350, against 179-188 s at 16 in -check310,
         # -check320; four of their ten runs stopped more than 0.01 below the long run in the audit of seeds 360,
-        # 361) and the context module's front end (its undilated twin needed 30-59 epochs at 8, against 30-38 at 16
+        # 361) and the context module's front end (its undilated twin needed 30-59 epochs at 8, against 30-48 at 16
         # bar one 69, and stopped on its slow climb at 0.81 and 0.86 on seeds 382 and 2).
         width=8,
         ex1_flops_size=64,
