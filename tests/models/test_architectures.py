@@ -186,6 +186,9 @@ def test_deeplab_backbone_widths_from_the_spec() -> None:
     rf = [analyze(m, (3, 48, 48)).outputs[0] for m in (narrow, wide)]
     assert (rf[0].rf, rf[0].stride) == (rf[1].rf, rf[1].stride)
     assert narrow(torch.randn(1, 3, 40, 48)).shape == (1, 3, 40, 48)
+    plus = atrous.create_model("deeplabv3plus_small:widths=8,16,32,64", num_classes=3).eval()
+    assert plus.reduce[0].in_channels == 8  # the decoder reads the narrow stride-4 features
+    assert plus(torch.randn(1, 3, 40, 48)).shape == (1, 3, 40, 48)
     for bad in ("8,16,32", "8,16,32,0", "8,16,-32,64", "8,16,32,64,128"):
         with pytest.raises(ModelError, match=rf"^widths={bad}: give four positive integers, one per stage"):
             atrous.create_model(f"deeplabv3_small:widths={bad}")

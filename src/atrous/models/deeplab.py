@@ -278,9 +278,10 @@ def deeplabv3plus(
     aspp_channels: int = 256,
     image_pooling: bool = True,
     multi_grid: Sequence[int] | None = None,
+    widths: Sequence[int] | None = None,
 ) -> DeepLabV3Plus:
-    """DeepLabv3+ (output stride 16, ASPP rates 6, 12, 18 by default)."""
-    body = build_backbone(backbone, output_stride, in_channels, multi_grid)
+    """DeepLabv3+ (output stride 16, ASPP rates 6, 12, 18 by default); ``widths`` as for :func:`deeplabv3`."""
+    body = build_backbone(backbone, output_stride, in_channels, multi_grid, widths)
     rates = tuple(rates) if rates is not None else aspp_rates(output_stride)
     aspp = ASPP(body.channels["layer4"], rates, aspp_channels, image_pooling)
     return DeepLabV3Plus(body, aspp, num_classes, in_channels, aspp_channels)
