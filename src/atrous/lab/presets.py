@@ -1,5 +1,5 @@
 """Lab presets. ``quick`` (the default): every exercise, 3 seeds (5 for Exercise 4), on one 2-core machine, aiming at
-300 s (session 16's machine, narrower models: 216-238 s; session 14's, wider ones: 264-305 s; session 13's, 2-3x
+300 s (session 16's machine, narrower models: 216-240 s; session 14's, wider ones: 264-305 s; session 13's, 2-3x
 slower a step: 409-520 s; compare times only within one session; BENCHMARKS.md; the lab's timings.json says where
 the time goes); ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider
 models; a GPU's job)."""
@@ -133,7 +133,7 @@ PRESETS = {
         step_shares=(("ex1", 0.1007), ("ex2", 0.0949), ("ex3", 0.1736), ("ex4", 0.256), ("ex5", 0.1111)),
         # On the design seeds (runs/lab-design8) five of Exercise 4's six comparisons had power 0.32-0.67 at 3 seeds
         # and needed 4-6 for 0.8; the other ten comparisons had 1.00 (BENCHMARKS.md). 5 seeds meet most of that
-        # and keep the lab under 300 s on session 16's machine (216-238 s; not on session 13's slower one).
+        # and keep the lab under 300 s on session 16's machine (216-240 s; not on session 13's slower one).
         extra_seeds=(("ex4", 2),),
         batch_size=8,
         lr=5e-3,
@@ -143,8 +143,9 @@ PRESETS = {
         # so many more steps that they saved little or no time and converged worse: Exercise 4's heads (166-193 s
         # of training at 8 in runs/lab-design330, -check340, -check350, against 179-188 s at 16 in -check310,
         # -check320; four of their ten runs stopped more than 0.01 below the long run in the audit of seeds 360,
-        # 361) and the context module's front end (its undilated twin needed 30-59 epochs at 8, against 30-48 at 16
-        # bar one 69, and stopped on its slow climb at 0.81 and 0.86 on seeds 382 and 2).
+        # 361) and the context module's front end (its jobs took 91-154 s at 8 and 113-154 s at 16 per lab,
+        # and at 8 its undilated twin stopped on its slow climb at 0.81 and 0.86 on seeds 382 and 2, where at 16 it
+        # ends at 0.90-0.92).
         width=8,
         ex1_flops_size=64,
         ex1_erf_samples=32,
