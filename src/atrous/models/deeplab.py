@@ -141,16 +141,8 @@ def build_backbone(
         "in_channels": in_channels,
         "multi_grid": multi_grid,
     }
-    if widths is not None:
-        widths = tuple(widths)
-        if len(widths) != 4 or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
-        ):
-            shown = ",".join(map(str, widths))
-            raise ModelError(
-                f"widths={shown}: give four positive integers, one per stage, e.g. widths=8,16,32,64"
-            )
-        kwargs["widths"] = widths
+    if widths is not None:  # checked by ResNet
+        kwargs["widths"] = tuple(widths)
     if name == "resnet_small":
         return resnet_small(**kwargs)
     depths = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}

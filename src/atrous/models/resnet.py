@@ -139,9 +139,16 @@ class ResNet(nn.Module):
         norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        if len(layers) != 4 or len(widths) != 4:
+        if len(layers) != 4:
             raise ModelError(
-                f"a ResNet needs four stages: got layers={tuple(layers)}, widths={tuple(widths)}; give four of each"
+                f"layers={','.join(map(str, layers))}: a ResNet needs four stages, one block count each"
+            )
+        if len(widths) != 4 or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
+        ):
+            shown = ",".join(map(str, widths))
+            raise ModelError(
+                f"widths={shown}: give four positive integers, one per stage, e.g. widths=8,16,32,64"
             )
         self.inplanes = widths[0]
         self.dilation = 1
