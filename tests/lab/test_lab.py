@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -301,6 +302,39 @@ def test_agreements_follow_the_rules_on_converged_runs(tmp_path: Path) -> None:
     for c in out["comparisons"]:
         check_agreement(c, out["models"])
     check_section_of_report(markdown([section], ""), "ex2", section.results)
+
+
+def test_over_its_target_the_lab_names_each_exercise_and_the_most_that_fit() -> None:
+    costs = {"ex1": 5.0, "ex2": 40.0, "ex3": 200.0, "ex4": 150.0, "ex5": 30.0}
+    shared = 20.0  # ex2 and ex3 share runs: together they cost that much less than alone
+
+    def training(keys: list[str]) -> float:
+        return sum(costs[k] for k in keys) - (shared if {"ex2", "ex3"} <= set(keys) else 0.0)
+
+    p = replace(get_preset("quick"), target_seconds=300)
+    line = runner.over_target(p, list(costs), 10.0, training)
+    assert "over the quick preset's 300 s target on this machine (10 s before training, then each" in line
+    assert "each exercise alone: ex1 5 s, ex2 40 s, ex3 200 s, ex4 150 s, ex5 30 s)" in line
+    # Four of five fit: only {1, 2, 3, 5} (265 s, with the shared runs counted once) and {1, 2, 4, 5} (235 s);
+    # the larger estimate is the one that uses more of the target.
+    assert line.endswith("adding `--only ex1,ex2,ex3,ex5` fits it (about 265 s)")
+    assert "--only" not in runner.over_target(replace(p, target_seconds=14), list(costs), 10.0, training)
+
+
+def test_the_lab_says_before_training_when_it_will_be_over_its_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = get_preset("tiny")
+    monkeypatch.setattr(runner, "get_preset", lambda name: replace(tiny, target_seconds=1e-3))
+    out = io.StringIO()
+    run_lab("tiny", tmp_path, only="ex1,ex5", console=Console(file=out, force_terminal=False, width=80))
+    text = out.getvalue()
+    assert re.search(
+        r"over the tiny preset's 0 s target on this machine \(\d+ s before training, then each exercise alone: "
+        r"ex1 \d+ s, ex5 \d+ s\)",
+        text,
+    )
+    assert text.index("target") < text.index("[1/")  # before the first run ends
 
 
 def test_without_a_terminal_the_lab_prints_a_line_per_run(tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict
 from pathlib import Path
@@ -74,6 +76,34 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def step_shares(p: Preset, planned: dict[str, list[Job]], keys: list[str]) -> dict[str, float]:
+    """Each run's expected share of its step cap, by ``Job.key``: a run that several of ``keys`` share counts in
+    the first of them, as the shares were read off."""
+    shares: dict[str, float] = {}
+    for key in sorted(keys, key=list(EXERCISES).index):
+        shares.update({j.key: p.step_share(key) for j in planned[key] if j.key not in shares})
+    return shares
+
+
+def over_target(p: Preset, chosen: list[str], before: float, training: Callable[[list[str]], float]) -> str:
+    """What to say when the lab's estimate on this machine is over the preset's target: the time before
+    training, each exercise's own training estimate (``training``: of a set of exercises, the runs they share
+    counted once), and the largest set of them that ``--only`` runs within the target, counting the time before
+    training in full (an ``--only`` run times fewer models, so this errs long)."""
+    target = p.target_seconds or 0.0
+    alone = ", ".join(f"{key} {training([key]):.0f} s" for key in chosen)
+    subsets = [list(c) for r in range(len(chosen) - 1, 0, -1) for c in itertools.combinations(chosen, r)]
+    fits = [(len(c), t, c) for c in subsets if (t := before + training(c)) <= target]
+    line = (
+        f"that is over the {p.name} preset's {target:.0f} s target on this machine ({before:.0f} s before "
+        f"training, then each exercise alone: {alone})"
+    )
+    if not fits:
+        return line
+    _, total, best = max(fits, key=lambda f: (f[0], f[1]))
+    return f"{line}; adding `--only {','.join(best)}` fits it (about {total:.0f} s)"
+
+
 def run_lab(
     preset: str = "quick",
     out: str | Path = "runs/lab",
@@ -104,10 +134,15 @@ def run_lab(
         jobs = calibrate.longest_first(jobs, speeds)
         # Everything so far (the design's RF analyses, the calibration) is measured; the rest is modelled.
         started = time.perf_counter() - start
-        shares: dict[str, float] = {}
-        for key in sorted(chosen, key=list(EXERCISES).index):  # a shared run counts in the first, as read off
-            shares.update({j.key: p.step_share(key) for j in planned[key] if j.key not in shares})
-        estimate = started + calibrate.expected_seconds(jobs, speeds, workers, shares, report=True)
+
+        def training(keys: list[str]) -> float:
+            """The estimate from here on (training and report) of these exercises alone."""
+            unique = {j.key: j for key in keys for j in planned[key]}
+            shares = step_shares(p, planned, keys)
+            return calibrate.expected_seconds(list(unique.values()), speeds, workers, shares, report=True)
+
+        estimate = started + training(chosen)
+        shares = step_shares(p, planned, chosen)
         at_cap = calibrate.expected_seconds(jobs, speeds, workers)
         console.print(
             f"lab {preset}: {len(jobs)} training runs on {workers} "
@@ -116,6 +151,8 @@ def run_lab(
             "every run goes to its step cap)",
             soft_wrap=True,
         )
+        if p.target_seconds is not None and estimate > p.target_seconds:
+            console.print(over_target(p, chosen, started, training), soft_wrap=True)
         forecast = calibrate.Forecast(jobs, speeds, workers, shares, start)
         results = _train(jobs, run_dir, workers, device, console, f"lab {preset}", pool, forecast)
     registered = registration.read_back(run_dir, digest)["exercises"]
