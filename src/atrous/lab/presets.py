@@ -1,7 +1,8 @@
 """Lab presets. ``quick`` (the default): every exercise, 3 seeds (5 for Exercise 4), on one 2-core machine, aiming at
 300 s (session 16's machine, narrower models: 216-240 s; session 14's, wider ones: 264-305 s; session 13's, 2-3x
 slower a step: 409-520 s; session 17's, both processes on one core: 513 s; compare times only within one session;
-BENCHMARKS.md; the lab's timings.json says where the time goes; over the target, the lab says so before training); ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider
+BENCHMARKS.md; the lab's timings.json says where the time goes; over the target, the lab says so before
+training); ``tiny`` is the CI smoke run; ``full`` is the seed lesson's scale (64 x 64 and larger, 5 seeds, wider
 models; a GPU's job)."""
 
 from __future__ import annotations
