@@ -18,7 +18,7 @@ from rich.console import Console
 
 from atrous.cli import main
 from atrous.errors import AtrousError
-from atrous.lab import common, compare, convergence, ex4_multiscale, registration, runner
+from atrous.lab import calibrate, common, compare, convergence, ex4_multiscale, registration, runner
 from atrous.lab.design import Model, Regime
 from atrous.lab.presets import get_preset
 from atrous.lab.report import markdown
@@ -317,20 +317,40 @@ def test_over_its_target_the_lab_names_each_exercise_and_the_most_that_fit() -> 
     assert "each exercise alone: ex1 5 s, ex2 40 s, ex3 200 s, ex4 150 s, ex5 30 s)" in line
     # Four of five fit: only {1, 2, 3, 5} (265 s, with the shared runs counted once) and {1, 2, 4, 5} (235 s);
     # the larger estimate is the one that uses more of the target.
-    assert line.endswith("adding `--only ex1,ex2,ex3,ex5` fits it (about 265 s)")
+    assert line.endswith("adding --only ex1,ex2,ex3,ex5 fits it (about 265 s)")
     assert "--only" not in runner.over_target(replace(p, target_seconds=14), list(costs), 10.0, training)
+
+
+def test_an_only_estimate_trains_shared_runs_once() -> None:
+    p = replace(get_preset("tiny"), step_shares=(("ex2", 0.5), ("ex3", 0.25)))
+    planned = {key: runner.EXERCISES[key].jobs(p, [0]) for key in ("ex2", "ex3")}
+    shared = {j.key for j in planned["ex2"]} & {j.key for j in planned["ex3"]}
+    assert shared  # Exercise 3 compares the U-Nets that Exercise 2 trains
+    speeds = {calibrate.kind(j).key: calibrate.Speed(0.01, 0.02, 0.3) for js in planned.values() for j in js}
+
+    def estimate(keys: list[str]) -> float:
+        return runner.expected_after_start(p, planned, keys, speeds, workers=1)
+
+    both, ex2, ex3 = estimate(["ex2", "ex3"]), estimate(["ex2"]), estimate(["ex3"])
+    runs = {key: {j.key: j for j in planned[key]} for key in planned}
+    # Trained once, at Exercise 2's share of its cap (the first of the two), in the pair and in Exercise 2 alone.
+    only_ex3 = [j for k, j in runs["ex3"].items() if k not in shared]
+    assert both == pytest.approx(
+        ex2 + calibrate.expected_seconds(only_ex3, speeds, 1, p.step_share("ex3"), True)
+    )
+    assert both < ex2 + ex3
 
 
 def test_the_lab_says_before_training_when_it_will_be_over_its_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tiny = get_preset("tiny")
-    monkeypatch.setattr(runner, "get_preset", lambda name: replace(tiny, target_seconds=1e-3))
+    monkeypatch.setattr(runner, "get_preset", lambda name: replace(tiny, target_seconds=1.0))
     out = io.StringIO()
     run_lab("tiny", tmp_path, only="ex1,ex5", console=Console(file=out, force_terminal=False, width=80))
     text = out.getvalue()
     assert re.search(
-        r"over the tiny preset's 0 s target on this machine \(\d+ s before training, then each exercise alone: "
+        r"over the tiny preset's 1 s target on this machine \(\d+ s before training, then each exercise alone: "
         r"ex1 \d+ s, ex5 \d+ s\)",
         text,
     )

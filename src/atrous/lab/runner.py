@@ -85,12 +85,29 @@ def step_shares(p: Preset, planned: dict[str, list[Job]], keys: list[str]) -> di
     return shares
 
 
+def expected_after_start(
+    p: Preset,
+    planned: dict[str, list[Job]],
+    keys: list[str],
+    speeds: dict[str, calibrate.Speed],
+    workers: int,
+) -> float:
+    """The estimate of training and report if the lab ran only the exercises ``keys``: a run they share is
+    trained once, at the share of the first of them (``step_shares``), as an ``--only`` run would model it."""
+    unique = {j.key: j for key in keys for j in planned[key]}
+    return calibrate.expected_seconds(
+        list(unique.values()), speeds, workers, step_shares(p, planned, keys), report=True
+    )
+
+
 def over_target(p: Preset, chosen: list[str], before: float, training: Callable[[list[str]], float]) -> str:
     """What to say when the lab's estimate on this machine is over the preset's target: the time before
-    training, each exercise's own training estimate (``training``: of a set of exercises, the runs they share
-    counted once), and the largest set of them that ``--only`` runs within the target, counting the time before
-    training in full (an ``--only`` run times fewer models, so this errs long)."""
-    target = p.target_seconds or 0.0
+    training, each exercise's own estimate of training and report (``training``: of a set of exercises), and the
+    largest set of them that ``--only`` runs within the target, at ``before`` plus its own estimate. (An
+    ``--only`` run times fewer models before it trains, so its time before training is shorter; the estimate of
+    training itself is as good as the lab's, within -6 % to +6 % on the runs in BENCHMARKS.md.)"""
+    target = p.target_seconds
+    assert target is not None, "over_target needs a preset with a target"
     alone = ", ".join(f"{key} {training([key]):.0f} s" for key in chosen)
     subsets = [list(c) for r in range(len(chosen) - 1, 0, -1) for c in itertools.combinations(chosen, r)]
     fits = [(len(c), t, c) for c in subsets if (t := before + training(c)) <= target]
@@ -100,8 +117,8 @@ def over_target(p: Preset, chosen: list[str], before: float, training: Callable[
     )
     if not fits:
         return line
-    _, total, best = max(fits, key=lambda f: (f[0], f[1]))
-    return f"{line}; adding `--only {','.join(best)}` fits it (about {total:.0f} s)"
+    _, total, best = max(fits, key=lambda f: f[:2])
+    return f"{line}; adding --only {','.join(best)} fits it (about {total:.0f} s)"
 
 
 def run_lab(
@@ -136,10 +153,7 @@ def run_lab(
         started = time.perf_counter() - start
 
         def training(keys: list[str]) -> float:
-            """The estimate from here on (training and report) of these exercises alone."""
-            unique = {j.key: j for key in keys for j in planned[key]}
-            shares = step_shares(p, planned, keys)
-            return calibrate.expected_seconds(list(unique.values()), speeds, workers, shares, report=True)
+            return expected_after_start(p, planned, keys, speeds, workers)
 
         estimate = started + training(chosen)
         shares = step_shares(p, planned, chosen)
